@@ -1,0 +1,56 @@
+/*
+ * The Env: everything the core may know about the world outside it.
+ *
+ * Core code (src/core, src/util, src/sim) never touches the operating system, the wall clock
+ * or a random source directly; it is handed an Env. The real Env (src/env/real) wraps node:fs,
+ * node:dgram and node:net; the simulated Env (src/sim) is a deterministic discrete-event world
+ * in which one seed replays a whole cluster run. This file only declares the interfaces so
+ * that both sides depend on it and not on each other.
+ */
+
+/** A block device: a regular file, a loop device or a block device, addressed in bytes. */
+export interface BlockDevice {
+  /** Human readable name (the path for real devices). */
+  readonly name: string;
+  /** Usable size in bytes, as found when the device was opened. */
+  readonly sizeBytes: number;
+  /**
+   * Alignment (bytes) required of offsets, lengths and buffers; 1 for buffered devices,
+   * 512 or 4096 with O_DIRECT. Callers allocate buffers with allocBuffer() to honour it.
+   */
+  readonly alignment: number;
+  /** Fills buf entirely from byte offset `offset`; a short read is an EIO FsError. */
+  read(buf: Buffer, offset: number): Promise<void>;
+  /** Writes buf entirely at byte offset `offset`; not durable until flush() resolves. */
+  write(buf: Buffer, offset: number): Promise<void>;
+  /** Makes every write that has resolved so far durable (fdatasync). */
+  flush(): Promise<void>;
+  /** Returns a zeroed buffer of `bytes` bytes suitable for this device's I/O alignment. */
+  allocBuffer(bytes: number): Buffer;
+  close(): Promise<void>;
+}
+
+export interface Clock {
+  /** Monotonic milliseconds (virtual in the simulator). */
+  monotonicMs(): number;
+  /** Wall-clock time as seconds and nanoseconds since the epoch (virtual in the simulator). */
+  wallTime(): { sec: bigint; nsec: number };
+}
+
+export interface Random {
+  /** A uniformly random unsigned 32-bit integer. */
+  u32(): number;
+  /** Fills buf with random bytes. */
+  fill(buf: Buffer): void;
+}
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+export interface Logger {
+  log(level: LogLevel, msg: string): void;
+}
+
+export interface Env {
+  readonly clock: Clock;
+  readonly random: Random;
+  readonly logger: Logger;
+}
