@@ -610,3 +610,35 @@ export function decodeInode(buf: Buffer, fmtVers: number): InodeValue {
   }
   return out as unknown as InodeValue;
 }
+
+// ---------------------------------------------------------------------------------------
+// File data extent item value: {blkno u64 (0 when offline), flags u8, pad}.
+
+export const DATA_EXTENT_VAL_SIZE = 16;
+export const EXTENT_FLAG_OFFLINE = 1;
+export const EXTENT_FLAG_UNWRITTEN = 2;
+export interface DataExtentValue {
+  blkno: number;
+  flags: number;
+}
+
+export function encodeDataExtent(v: DataExtentValue): Buffer {
+  const b = Buffer.alloc(DATA_EXTENT_VAL_SIZE);
+  writeU64(b, 0, v.blkno);
+  b[8] = v.flags;
+  return b;
+}
+
+export function decodeDataExtent(b: Buffer): DataExtentValue {
+  if (b.length !== DATA_EXTENT_VAL_SIZE) throw corrupt(`data extent value size ${b.length}`);
+  const flags = b[8]!;
+  if ((flags & ~(EXTENT_FLAG_OFFLINE | EXTENT_FLAG_UNWRITTEN)) !== 0) {
+    throw corrupt(`data extent flags ${flags}`);
+  }
+  if (!b.subarray(9).every((x) => x === 0)) throw corrupt("data extent pad");
+  const blkno = readU64(b, 0);
+  if (((flags & EXTENT_FLAG_OFFLINE) !== 0) !== (blkno === 0)) {
+    throw corrupt("data extent offline flag and blkno disagree");
+  }
+  return { blkno, flags };
+}

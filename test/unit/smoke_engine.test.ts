@@ -30,3 +30,24 @@ test("insert 20000 items over commits, reopen, read back", async () => {
   assert.equal((await btreeCollect(vol.cache, vol.sb.fsRoot, MIN_KEY, MAX_KEY)).length, 10002);
   console.log(vol.sb.fsRoot, vol.sb.serverMetaAvail[0].totalNr, vol.sb.serverMetaFreed[1].totalNr, vol.sb.metaAlloc.map(a=>a.totalLen));
 });
+
+test("fsck of a fresh and of a churned volume is clean; print runs", async () => {
+  const { fsckVolume } = await import("../../src/core/fsck.js");
+  const { printVolume } = await import("../../src/core/print.js");
+  const d = await makeTestVolume();
+  let r = await fsckVolume(d.meta, d.data);
+  assert.deepEqual(r.problems, []);
+  const vol = await openTestVolume(d);
+  for (let c = 0; c < 3; c++) {
+    const t = vol.begin();
+    for (let i = 0; i < 3000; i++) await btreeInsert(t.w, t.sb.fsRoot, makeKey(16, BigInt(c * 100000 + i), 200), Buffer.alloc(300));
+    for (let i = 0; i < 1000; i++) await btreeDelete(t.w, t.sb.fsRoot, makeKey(16, BigInt(c * 100000 + i * 3), 200));
+    await t.commit();
+  }
+  r = await fsckVolume(d.meta, d.data);
+  assert.deepEqual(r.problems, []);
+  const lines: string[] = [];
+  assert.equal(await printVolume(d.meta, (l) => lines.push(l), { skipLikelyHuge: true }), null);
+  console.log(lines.slice(0, 40).join("\n"));
+  console.log(r);
+});
