@@ -47,7 +47,7 @@
  */
 
 import type { BlockDevice } from "../env/env.js";
-import { assert, assertSafeU } from "../util/assert.js";
+import { assert, assertSafeU, unreachable } from "../util/assert.js";
 import { FsError } from "../util/errno.js";
 import type { SimRandom } from "./random.js";
 
@@ -234,10 +234,8 @@ export class SimDisk implements BlockDevice {
       case "torn":
         for (const w of this.pending) this.applyTorn(image, w, () => rng.chance(p));
         break;
-      default: {
-        const never: never = mode;
-        throw new FsError("EINVAL", `unknown crash mode ${String(never)}`);
-      }
+      default:
+        unreachable(mode);
     }
     return this.derive(image);
   }
