@@ -259,6 +259,9 @@ export class MetaTxn {
     const old = await this.cache.read(ref, magic);
     const blkno = await this.alloc.alloc(this);
     const buf = this.installDirty(blkno, magic, old);
+    // the old version is referenced only by the committed state this writer is replacing:
+    // keeping it cached would fill the cache with dead versions (re-read if ever needed)
+    this.cache.remove(ref.blkno);
     await this.alloc.freeCommitted(this, ref.blkno);
     this.cache.counters.inc("block_cow");
     return { ref: { blkno, seq: this.seq }, buf };
@@ -277,6 +280,7 @@ export class MetaTxn {
       this.cache.remove(ref.blkno);
       await this.alloc.freeDirty(this, ref.blkno);
     } else {
+      this.cache.remove(ref.blkno);
       await this.alloc.freeCommitted(this, ref.blkno);
     }
   }
