@@ -140,40 +140,28 @@ class ArgpExit {
 // ---------------------------------------------------------------------------------------------
 // Parsing
 
-class Parser<S, K extends string> {
+/** Parser state; callbacks see it through the ArgpState interface. */
+class Parser<S, K extends string> implements ArgpState<S> {
   readonly table: TableOption[];
   name: string;
   argNum = 0;
   readonly input: S;
-  readonly st: ArgpState<S>;
+  readonly st: ArgpState<S> = this;
 
   constructor(readonly spec: ArgpSpec<S, K>, readonly argv: readonly string[],
     readonly io: CliIo) {
     this.table = buildTable(spec as ArgpSpec<unknown, string>);
     this.name = argv[0] ?? "scoutfs";
     this.input = spec.init();
-    this.st = this.makeState();
   }
 
-  private makeState(): ArgpState<S> {
-    const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
-    return {
-      get input() { return self.input; },
-      get name() { return self.name; },
-      get argNum() { return self.argNum; },
-      io: self.io,
-      error: (message: string): never => self.argpError(message),
-      failure: (status, errnum, message) => self.argpFailure(status, errnum, message),
-    };
-  }
-
-  argpError(message: string): never {
+  error(message: string): never {
     this.io.err(`${this.name}: ${message}\n`);
     this.io.err(argpHelpText(this.spec, this.name, "see"));
     throw new ArgpExit(EX_USAGE);
   }
 
-  argpFailure(status: number, errnum: number, message: string | null): void {
+  failure(status: number, errnum: number, message: string | null): void {
     let line = this.name;
     if (message !== null) line += `: ${message}`;
     if (errnum) line += `: ${strerror(errnum)}`; // glibc: "Unknown error -2" for negatives
@@ -194,7 +182,7 @@ class Parser<S, K extends string> {
     const r = this.spec.onOption?.(t.opt.key as K, arg, this.st) ?? ARGP_ERR_UNKNOWN;
     if (r === ARGP_ERR_UNKNOWN) {
       const what = isShort(t.opt) ? `-${t.opt.short}` : `--${t.opt.long ?? "???"}`;
-      this.argpError(`${what}: (PROGRAM ERROR) Option should have been recognized!?`);
+      this.error(`${what}: (PROGRAM ERROR) Option should have been recognized!?`);
     }
     return r;
   }

@@ -67,8 +67,10 @@ const GROUP_TITLES: readonly [CommandGroup, string][] = [
  */
 export const UPSTREAM_COMMANDS: readonly CommandInfo[] = [
   // attr_x.c (doc of get-attr-x really is lower case upstream)
-  { name: "get-attr-x", group: "agent", argsDoc: "FILE", summary: "get extensible file attributes" },
-  { name: "set-attr-x", group: "agent", argsDoc: "FILE", summary: "Set extensible file attributes" },
+  { name: "get-attr-x", group: "agent", argsDoc: "FILE",
+    summary: "get extensible file attributes" },
+  { name: "set-attr-x", group: "agent", argsDoc: "FILE",
+    summary: "Set extensible file attributes" },
   // change_format_version.c, change_quorum_config.c (args_doc "" upstream)
   { name: "change-format-version", group: "core", argsDoc: "",
     summary: "Change format version of an existing ScoutFS filesystem" },

@@ -190,7 +190,8 @@ function scanUnsigned(str: string, i: number): Scan {
 }
 
 /** A scanf "%45[^,]" conversion at index i (no whitespace skipping). */
-function scanNotComma(str: string, i: number, width: number): { text: string; next: number } | Scan {
+function scanNotComma(str: string, i: number, width: number):
+  { text: string; next: number } | Scan {
   if (i >= str.length) return { kind: "input" };
   let j = i;
   while (j < str.length && j - i < width && str[j] !== ",") j++;

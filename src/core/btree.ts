@@ -128,7 +128,7 @@ export async function btreePrev(cache: BlockCache, root: BtreeRoot, key: Buffer)
  * Reads a leaf at a time; fn may not modify the tree.
  */
 export async function btreeIterate(cache: BlockCache, root: BtreeRoot, start: Buffer,
-  end: Buffer, fn: (item: Item) => boolean | void): Promise<void> {
+  end: Buffer, fn: (item: Item) => unknown): Promise<void> {
   let k = start;
   while (Buffer.compare(k, end) <= 0) {
     const leaf = await btreeFindLeaf(cache, root, k);

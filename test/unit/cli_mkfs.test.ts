@@ -126,18 +126,18 @@ function createdBlock(d: Devs, metaBlocks: string, dataBlocks: string, vers = 2,
 
 test("refuses devices under 64 GiB without -A, and below core's minimum even with -A",
   async () => {
-    await withDevices(200 * MiB, 100 * MiB, async (d) => {
+    await withDevices(100 * MiB, 20 * MiB, async (d) => {
       await scribble(d.meta);
       await scribble(d.data);
       assert.deepEqual(await refused(d, ["mkfs", "-f", "-Q", SLOT0, d.meta, d.data]), {
         code: 1, out: "",
-        err: "200.00MB too small for min 64.00GB meta device\n" +
+        err: "100.00MB too small for min 64.00GB meta device\n" +
           "scoutfs: mkfs failed: Invalid argument (22)\n",
       });
       assert.deepEqual(await refused(d, ["mkfs", "-f", "-A", "-m", "64M", "-Q", SLOT0, d.meta,
         d.data]), {
-        code: 1, out: "Limiting use of 200.00MB meta device to 64.00MB\n",
-        err: SMALL_WARN("64.00MB", "100.00MB") +
+        code: 1, out: "Limiting use of 100.00MB meta device to 64.00MB\n",
+        err: SMALL_WARN("64.00MB", "20.00MB") +
           "64.00MB too small for min 128.00MB meta device, even with -A\n" +
           "scoutfs: mkfs failed: Invalid argument (22)\n",
       });
@@ -145,7 +145,7 @@ test("refuses devices under 64 GiB without -A, and below core's minimum even wit
   });
 
 test("refuses bad and duplicate quorum slots with upstream's messages", async () => {
-  await withDevices(200 * MiB, 100 * MiB, async (d) => {
+  await withDevices(MiB, MiB, async (d) => {
     await scribble(d.meta);
     const dev = [d.meta, d.data];
     assert.deepEqual(await refused(d, ["mkfs", "-A", "-Q", "15,127.0.0.1,19700", ...dev]), {
@@ -175,7 +175,7 @@ test("refuses bad and duplicate quorum slots with upstream's messages", async ()
 });
 
 test("refuses bad -V, -z, -m and extra arguments before touching a device", async () => {
-  await withDevices(200 * MiB, 100 * MiB, async (d) => {
+  await withDevices(MiB, MiB, async (d) => {
     const dev = [d.meta, d.data];
     assert.deepEqual(await refused(d, ["mkfs", "-V", "3", "-Q", SLOT0, ...dev]), {
       code: 64, out: "", err: "mkfs: format-version 3 is outside supported range of 1-2\n" + TRY,
@@ -196,17 +196,31 @@ test("refuses bad -V, -z, -m and extra arguments before touching a device", asyn
     assert.deepEqual(await refused(d, ["mkfs", "-Q", SLOT0, d.meta]), {
       code: 64, out: "", err: "mkfs: no data device argument given\n" + TRY,
     });
-    assert.deepEqual(await refused(d, ["mkfs", "-A", "-f", "-z", "5", "-Q", SLOT0, ...dev]), {
+  });
+});
+
+test("refuses a data allocation zone size the data device cannot have", async () => {
+  await withDevices(136 * MiB, 20 * MiB, async (d) => {
+    // upstream prints these without a newline: the failed line follows on the same line
+    assert.deepEqual(await refused(d, ["mkfs", "-A", "-f", "-z", "5", "-Q", SLOT0, d.meta,
+      d.data]), {
       code: 1, out: "",
-      err: SMALL_WARN("200.00MB", "100.00MB") + "setting data_alloc_zone_blocks to '5' failed, " +
+      err: SMALL_WARN("136.00MB", "20.00MB") + "setting data_alloc_zone_blocks to '5' failed, " +
         "must be at least 1048576 mount data allocation target blocks" +
+        "scoutfs: mkfs failed: Invalid argument (22)\n",
+    });
+    assert.deepEqual(await refused(d, ["mkfs", "-A", "-f", "-z", "1048576", "-Q", SLOT0,
+      d.meta, d.data]), {
+      code: 1, out: "",
+      err: SMALL_WARN("136.00MB", "20.00MB") + "setting data_alloc_zone_blocks to '1048576' " +
+        "failed, must be at most 5120 total data device blocks" +
         "scoutfs: mkfs failed: Invalid argument (22)\n",
     });
   });
 });
 
 test("refuses existing ext4 and xfs signatures on either device, changing nothing", async () => {
-  await withDevices(200 * MiB, 100 * MiB, async (d) => {
+  await withDevices(MiB, MiB, async (d) => {
     await scribble(d.meta);
     await scribble(d.data);
     const ext = Buffer.alloc(2);
