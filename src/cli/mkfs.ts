@@ -33,7 +33,10 @@ import { randomBytes } from "node:crypto";
 import type { BlockDevice } from "../env/env.js";
 import { openRealBlockDevice } from "../env/real/blockdev.js";
 import { RealClock } from "../env/real/env.js";
-import { isScoutfsSuper, SUPER_OFFSET, SUPER_SIZE } from "../core/format.js";
+import {
+  DATA_BLOCK_SIZE, FORMAT_VERSION_MAX as FMT_MAX, FORMAT_VERSION_MIN as FMT_MIN, isScoutfsSuper,
+  META_BLOCK_SIZE, SUPER_OFFSET, SUPER_SIZE,
+} from "../core/format.js";
 import { makeVolume, MIN_DATA_BLOCKS, MIN_META_BLOCKS, type MkfsParams } from "../core/mkfs.js";
 import { Errno, isFsError, strerror } from "../util/errno.js";
 import { argpParse, type ArgpSpec, type ArgpState } from "./argp.js";
@@ -43,10 +46,8 @@ import {
   QUORUM_MAX_SLOTS, type QuorumSlotArg,
 } from "./parse.js";
 
-const META_BLOCK_SIZE = 65536; // SCOUTFS_BLOCK_LG_SIZE
-const DATA_BLOCK_SIZE = 4096; // SCOUTFS_BLOCK_SM_SIZE
-const FORMAT_VERSION_MIN = 1n;
-const FORMAT_VERSION_MAX = 2n;
+const FORMAT_VERSION_MIN = BigInt(FMT_MIN);
+const FORMAT_VERSION_MAX = BigInt(FMT_MAX);
 /** mkfs.c: "minimum meta device size to make reserved blocks reasonably large", data alike. */
 const MIN_DEVICE_BYTES = 64n * 1024n * 1024n * 1024n;
 /** SCOUTFS_SERVER_DATA_FILL_TARGET: 4 GiB of 4 KiB blocks. */
@@ -398,7 +399,7 @@ async function openDevice(path: string, io: CliIo): Promise<BlockDevice | number
   }
 }
 
-/** Opens and checks both devices in upstream's order; -errno or 1 when refused. */
+/** Opens and checks both devices in upstream's order: 0, or -errno (-1: a foreign signature). */
 async function openAndCheck(a: MkfsInput, devs: Devices, io: CliIo): Promise<number> {
   const meta = await openDevice(a.metaDevice, io);
   if (typeof meta === "number") return meta;

@@ -53,10 +53,18 @@ async function doPrint(path: string, skipLikelyHuge: boolean, io: CliIo): Promis
       if (lines.length) io.out(lines.join("\n") + "\n");
       lines.length = 0;
     };
-    const err = await printVolume(dev, (l) => {
-      lines.push(l);
-      if (lines.length >= 4096) flush();
-    }, { skipLikelyHuge });
+    let err: unknown;
+    try {
+      err = await printVolume(dev, (l) => {
+        lines.push(l);
+        if (lines.length >= 4096) flush();
+      }, { skipLikelyHuge });
+    } catch (e) {
+      if (!isFsError(e)) throw e;
+      flush();
+      io.err(`'${path}' is not a readable scoutfs metadata device: ${e.message}\n`);
+      return -e.errno;
+    }
     flush();
     if (isFsError(err)) {
       io.err(`print found unreadable metadata: ${err.message}\n`);

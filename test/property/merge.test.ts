@@ -108,7 +108,7 @@ interface InSpec {
   rank: number;
 }
 const inSpecArb: fc.Arbitrary<InSpec> = fc.record({
-  k: fc.nat(), tomb: fc.boolean(), len: lenArb, fill: fc.nat({ max: 255 }),
+  k: fc.nat(), tomb: fc.nat({ max: 3 }).map((x) => x === 0), len: lenArb, fill: fc.nat({ max: 255 }),
   total: fc.integer({ min: -3, max: 3 }), count: fc.integer({ min: -2, max: 2 }), rank: fc.nat(),
 });
 
@@ -129,7 +129,7 @@ const destSpecArb: fc.Arbitrary<DestSpec> = fc.record({
 
 const itemsArb = <T>(arb: fc.Arbitrary<T>): fc.Arbitrary<T[]> => fc.oneof(
   { weight: 3, arbitrary: fc.array(arb, { maxLength: 60, size: "max" }) },
-  { weight: 1, arbitrary: fc.array(arb, { minLength: 200, maxLength: 500, size: "max" }) },
+  { weight: 1, arbitrary: fc.array(arb, { minLength: 300, maxLength: 1000, size: "max" }) },
 );
 
 type Action = "continue" | "commit" | "abandon" | "reopen";
@@ -148,7 +148,7 @@ interface MergeCase {
 }
 
 const caseArb: fc.Arbitrary<MergeCase> = fc.record({
-  universe: fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 41, max: 1500 })),
+  universe: fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 41, max: 3000 })),
   deltaPct: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 60 }), fc.constant(100)),
   inputs: fc.array(itemsArb(inSpecArb), { minLength: 0, maxLength: 5, size: "max" }),
   dest: itemsArb(destSpecArb),
@@ -267,6 +267,7 @@ interface RunStats {
   abandons: number;
   reopens: number;
   keys: number;
+  multiLeafInputs: number;
 }
 
 async function runCase(disks: TestDisks, c: MergeCase, stats: RunStats): Promise<void> {
@@ -283,6 +284,7 @@ async function runCase(disks: TestDisks, c: MergeCase, stats: RunStats): Promise
   await buildTree(t, t.sb.fsRoot, [...b.dest.values()].filter((it) => !mkfsItems.some((x) => x.key.equals(it.key))));
   await t.commit();
   t = null;
+  stats.multiLeafInputs += inputRoots.filter((r) => r.height > 1).length;
   assertTree(await btreeCollect(vol.cache, vol.sb.fsRoot, MIN_KEY, MAX_KEY), b.dest, "destination as built");
 
   // the range
@@ -330,7 +332,7 @@ async function runCase(disks: TestDisks, c: MergeCase, stats: RunStats): Promise
         let last = first;
         while (last < b.union.length && b.union[last]! <= hex(end)) last++;
         const remaining = last - first;
-        const what = `call ${call} from ${hex(resume)} maxItems ${maxItems}`;
+        const what: string = `call ${call} from ${hex(resume)} maxItems ${maxItems}`;
         assert.ok(r.keys <= maxItems && r.keys <= remaining, `${what}: applied ${r.keys} of ${remaining} keys`);
         if (c.dirtyLimit === null) assert.equal(r.keys, Math.min(maxItems, remaining), `${what}: keys applied`);
         const wantNext = r.keys < remaining ? b.union[first + r.keys]! : null;
@@ -398,13 +400,13 @@ async function runCase(disks: TestDisks, c: MergeCase, stats: RunStats): Promise
 
 test("btreeMerge vs model: resumed, bounded, across commits, abandons and reopens", async () => {
   const disks = await makeTestVolume();
-  const stats: RunStats = { calls: 0, commits: 0, abandons: 0, reopens: 0, keys: 0 };
+  const stats: RunStats = { calls: 0, commits: 0, abandons: 0, reopens: 0, keys: 0, multiLeafInputs: 0 };
   await assertProperty("merge", BASE_SEED, caseArb, async (c) => {
     // every case starts from the same freshly made volume
     await runCase({ meta: disks.meta.snapshot(), data: disks.data }, c, stats);
-  }, { numRuns: 150 });
+  }, { numRuns: 300 });
   console.log(`merge: ${JSON.stringify(stats)}`);
-  assert.ok(stats.abandons > 0 && stats.reopens > 0 && stats.commits > 0);
+  assert.ok(stats.abandons > 0 && stats.reopens > 0 && stats.commits > 0 && stats.multiLeafInputs > 0);
 });
 
 test("btreeMerge: a delta summing to zero deletes, a newer destination item survives, tombstones", async () => {
