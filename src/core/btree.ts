@@ -40,6 +40,18 @@ function checkLevel(b: Buffer, expect: number): void {
   if (blockLevel(b) !== expect) throw corrupt(`btree block level ${blockLevel(b)} != ${expect}`);
 }
 
+/**
+ * A block's keys must lie in the range its parent gives it, (start, end]: a ref that points at
+ * a valid block of the wrong place (a misdirected write, a corrupt parent) is caught here.
+ */
+function checkBounds(b: Buffer, start: Buffer | null, end: Buffer): void {
+  const nr = nrItems(b);
+  if (nr === 0) return;
+  if ((start && cmpKeyAt(b, 0, start) <= 0) || cmpKeyAt(b, nr - 1, end) > 0) {
+    throw corrupt("btree block keys outside the range its parent gives it");
+  }
+}
+
 function checkKey(key: Buffer): void {
   assert(key.length === KEY_SIZE, "btree key size");
 }
@@ -82,6 +94,7 @@ export async function btreeFindLeaf(cache: BlockCache, root: BtreeRoot, key: Buf
   for (let level = root.height - 1; ; level--) {
     const b = await readBlock(cache, ref);
     checkLevel(b, level);
+    checkBounds(b, start, end);
     if (level === 0) return { buf: b, start: start ? keyInc(start) : MIN_KEY, end };
     const i = lowerBound(b, key);
     if (i >= nrItems(b)) throw corrupt("btree parent without a child for key");

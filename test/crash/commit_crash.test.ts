@@ -35,7 +35,8 @@
  * commit changes sits in the first 512 bytes, so none of these mixes) and by hand at every
  * byte between the first and last byte the commit changed, both ways round.
  *
- * Counts and runtimes are printed; the file runs in about 30 s on an idle machine.
+ * Counts and runtimes are printed; the file runs in about 25 s (816 crash images of 172
+ * states, plus 1252 torn-super images).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -371,8 +372,9 @@ async function checkStates(r: Recorded, seed: number, variants: Variant[],
 }
 
 function summary(r: Recorded, s: Stats): string {
-  return `${r.rec.log().length} ops (recorded in ${r.ms} ms), ${s.states} states, ${s.images} crash images (${[...s.byMode].map(([m, n]) => `${m} ${n}`).join(", ")}), ` +
-    `${s.shown.size} distinct commits seen`;
+  const modes = [...s.byMode].map(([m, n]) => `${m} ${n}`).join(", ");
+  return `${r.rec.log().length} ops (recorded in ${r.ms} ms), ${s.states} states, ` +
+    `${s.images} crash images (${modes}), ${s.shown.size} distinct commits seen`;
 }
 
 // ---------------------------------------------------------------------------------------
