@@ -28,6 +28,9 @@
  * meta_alloc trees, data_alloc), a block of an alloc-list chain (server_meta_avail[0..1],
  * server_meta_freed[0..1]), an entry of such a list, or a block of a meta_alloc[0..1] free
  * extent; list counts and total_len must match. src/core/fsck.ts runs as well, now and then.
+ * A deterministic test grows the avail list and a pending freed list past one list block
+ * (ALLOC_LIST_MAX_BLKNOS) on a large sparse volume, so multi-block chains are popped, COWed,
+ * drained and accounted too.
  *
  * Seeds are fixed (override: FC_SEED=<n>) and printed on failure.
  */
@@ -555,6 +558,8 @@ test("extent allocation order: the lowest extent of the largest order, regions c
 // (b) Metadata block accounting through Volume commits.
 
 interface MetaAccount {
+  /** Alloc-list blocks per chain, e.g. "server_meta_avail[0]" -> 2. */
+  chains: Record<string, number>;
   referenced: number;
   listEntries: number;
   freeExtents: number;
@@ -564,12 +569,12 @@ interface MetaAccount {
  * Reads the committed volume from its device with a fresh cache and checks that every
  * metadata blkno is referenced, listed or free exactly once.
  */
-async function accountMeta(dev: SimDisk): Promise<MetaAccount> {
+async function accountMeta(dev: SimDisk, held: ReadonlySet<number> = new Set()): Promise<MetaAccount> {
   const vol = await Volume.open(dev, { cacheBytes: 16 * MiB });
   const sb: SuperBlock = vol.sb;
   const total = sb.totalMetaBlocks;
   const owner: (string | undefined)[] = new Array<string | undefined>(total);
-  const acct: MetaAccount = { referenced: 0, listEntries: 0, freeExtents: 0 };
+  const acct: MetaAccount = { chains: {}, referenced: 0, listEntries: 0, freeExtents: 0 };
   const claim = (b: number, who: string): void => {
     assert.ok(Number.isSafeInteger(b) && b >= META_DEV_START_BLKNO && b < total,
       `${who}: blkno ${b} outside [${META_DEV_START_BLKNO}, ${total})`);
@@ -608,6 +613,7 @@ async function accountMeta(dev: SimDisk): Promise<MetaAccount> {
       ref = listNext(buf);
     }
     assert.equal(n, h.totalNr, `${name}: total_nr`);
+    acct.chains[name] = blocks;
     acct.listEntries += n;
   }
   for (const i of [0, 1] as const) {
@@ -620,6 +626,7 @@ async function accountMeta(dev: SimDisk): Promise<MetaAccount> {
     assert.equal(sum, sb.metaAlloc[i].totalLen, `meta_alloc[${i}] total_len`);
     acct.freeExtents += sum;
   }
+  for (const b of held) claim(b, "held by the test");
   const leaked: number[] = [];
   for (let b = META_DEV_START_BLKNO; b < total; b++) if (owner[b] === undefined) leaked.push(b);
   assert.deepEqual(leaked.slice(0, 20), [], `${leaked.length} metadata blocks are neither referenced, listed nor free`);
@@ -809,4 +816,69 @@ test("metadata blocks: referenced + listed + free = the whole device, once each"
   console.log(`${dryRuns} runs drained meta_alloc[0]; ${stats}; cow ${counters.get("block_cow")} split ${counters.get("btree_split")} ` +
     `join ${counters.get("btree_join")} commits ${counters.get("server_commit")}`);
   assert.equal(minMetaAlloc0, 0, "meta_alloc[0] ran dry (meta_alloc[1] fed the avail list)");
+});
+
+test("alloc-list chains of several blocks: avail grown past one block, a freed list drained", async () => {
+  // 1 GiB of sparse metadata device: room for lists of more than ALLOC_LIST_MAX_BLKNOS (8185)
+  const disks = await makeTestVolume(1024 * MiB, 16 * MiB);
+  let vol = await Volume.open(disks.meta);
+  const N = 9000;
+  const fsck = async (what: string): Promise<void> => {
+    assert.deepEqual((await fsckVolume(disks.meta, disks.data)).problems, [], `fsck ${what}`);
+  };
+  const churn = async (t: VolumeTxn, n: number, seed: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      await btreeForce(t.w, t.sb.logsRoot, makeKey(Zone.FS, 9n, 7, BigInt((seed * 7919 + i * 104729) % 5000)),
+        Buffer.alloc(700, i & 255));
+    }
+  };
+  // 1: a transaction allocates N blknos (refilling avail from meta_alloc[0] as it goes) and
+  // frees them again while still dirty: they return to avail, which outgrows one list block
+  let t = vol.begin();
+  const grabbed: number[] = [];
+  for (let i = 0; i < N; i++) grabbed.push(await t.alloc.alloc(t.w));
+  assert.equal(new Set(grabbed).size, N, "no blkno handed out twice");
+  for (const b of grabbed) await t.alloc.freeDirty(t.w, b);
+  await t.commit();
+  let a = await accountMeta(disks.meta);
+  assert.ok(a.chains["server_meta_avail[0]"]! >= 2, `avail chain of ${a.chains["server_meta_avail[0]"]} blocks`);
+  await fsck("after growing avail");
+  // 2: ordinary transactions pop from the multi-block avail list
+  for (let c = 0; c < 3; c++) {
+    t = vol.begin();
+    await churn(t, 300, c);
+    await t.commit();
+    await accountMeta(disks.meta);
+  }
+  // 3: the test takes N blknos and holds them across a commit (they are in use, unreferenced
+  // by the super), then frees them as committed blocks: the freed list outgrows one block
+  t = vol.begin();
+  const held = new Set<number>();
+  for (let i = 0; i < N; i++) held.add(await t.alloc.alloc(t.w));
+  assert.equal(held.size, N, "no blkno handed out twice");
+  await t.commit();
+  await accountMeta(disks.meta, held);
+  vol = await Volume.open(disks.meta);
+  t = vol.begin();
+  await churn(t, 100, 7);
+  for (const b of held) await t.alloc.freeCommitted(t.w, b);
+  await t.commit();
+  a = await accountMeta(disks.meta);
+  assert.ok(a.chains["server_meta_freed[1]"]! >= 2, `pending freed chain of ${a.chains["server_meta_freed[1]"]} blocks`);
+  await fsck("with a long pending freed list");
+  // 4: the next commit drains the whole chain into meta_alloc[1]
+  t = vol.begin();
+  await churn(t, 100, 8);
+  await t.commit();
+  a = await accountMeta(disks.meta);
+  assert.ok(a.chains["server_meta_freed[1]"]! <= 1, "the long freed list was drained");
+  await fsck("after draining");
+  vol = await Volume.open(disks.meta);
+  for (let c = 0; c < 3; c++) {
+    t = vol.begin();
+    await churn(t, 300, 10 + c);
+    await t.commit();
+    await accountMeta(disks.meta);
+  }
+  await fsck("at the end");
 });

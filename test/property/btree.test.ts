@@ -17,8 +17,9 @@
  * an abandon or reopen restores the model to the last commit. One long run (~20k ops, grow /
  * shrink / mixed segments) asserts that splits, joins and rebalances all happened; many short
  * runs add variety; a deterministic test grows a tree to height 3 (parent-level splits and
- * joins) and deletes it back to nothing. Seeds are fixed (override: FC_SEED=<n>) and printed
- * on failure.
+ * joins) and deletes it back to nothing. Small block caches (2 MiB, and 16 blocks in half of
+ * the short runs) make clean blocks get evicted and re-read while dirty ones stay pinned.
+ * Seeds are fixed (override: FC_SEED=<n>) and printed on failure.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -598,7 +599,8 @@ test("btree model: one long run of ~20k operations", async () => {
     [...g1, ...s1, ...m1, ...g2, ...s2, ...free, ...g3, ...m2, { op: "commit" as const }]);
   let last: Harness | null = null;
   await assertProperty("btree long run", BASE_SEED, runArb, async (ops) => {
-    const h = await Harness.create();
+    // a 2 MiB block cache: the tree outgrows it, so reads and COW keep re-reading the device
+    const h = await Harness.create(undefined, 2 * 1024 * 1024);
     last = h;
     await runOps(h, ops);
   }, { numRuns: 1, endOnFailure: true });
@@ -606,19 +608,24 @@ test("btree model: one long run of ~20k operations", async () => {
   assert.ok(h);
   const c = h.counters;
   console.log(`long run: btree_split ${c.get("btree_split")} btree_join ${c.get("btree_join")} ` +
-    `btree_rebalance ${c.get("btree_rebalance")} block_cow ${c.get("block_cow")} verifies ${h.verifies} ` +
+    `btree_rebalance ${c.get("btree_rebalance")} block_cow ${c.get("block_cow")} ` +
+    `block_cache_evict ${c.get("block_cache_evict")} verifies ${h.verifies} ` +
     `max height ${h.maxHeight} max items ${h.maxItems} final items ${h.model.size}`);
   console.log([...h.opCounts].map(([k, v]) => `${k} ${v}`).join(", "));
   assert.ok(c.get("btree_split") > 0, "the run split blocks");
   assert.ok(c.get("btree_join") > 0, "the run joined blocks");
   assert.ok(c.get("btree_rebalance") > 0, "the run rebalanced blocks");
   assert.ok(h.maxHeight >= 2, "the run built a multi-level tree");
+  assert.ok(c.get("block_cache_evict") > 0, "the small cache evicted blocks");
 });
 
 test("btree model: many short runs", async () => {
-  await assertProperty("btree short runs", BASE_SEED + 1, fc.array(opArb(SHORT), { minLength: 1, maxLength: 250, size: "max" }),
-    async (ops) => {
-      const h = await Harness.create();
+  // half of the runs with the smallest block cache (16 blocks): clean blocks are evicted and
+  // re-read from the device all the time, dirty ones stay pinned
+  await assertProperty("btree short runs", BASE_SEED + 1,
+    fc.tuple(fc.boolean(), fc.array(opArb(SHORT), { minLength: 1, maxLength: 250, size: "max" })),
+    async ([tiny, ops]) => {
+      const h = await Harness.create(undefined, tiny ? 16 * 65536 : undefined);
       await runOps(h, [...ops, { op: "commit" }]);
       await h.reopen();
     }, { numRuns: 120 });

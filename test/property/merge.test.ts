@@ -7,8 +7,9 @@
  * Method: fast-check builds 0..5 input trees over a shared key universe (so keys collide
  * across inputs) whose items carry distinct seqs: ordinary items, tombstones (ITEM_DELETION)
  * and, in a separate key zone, DELTA items (encodeDelta(total, count) with small values so
- * sums often cancel), plus a destination (fs_root) with older items, items newer than every
- * input (which must survive) and existing delta totals. The merge runs over the whole key
+ * sums often cancel), plus a destination (fs_root) whose items have odd seqs below, between
+ * and above the inputs' even ones (items newer than every input must survive) and existing
+ * delta totals. The merge runs over the whole key
  * space or a random subrange, with random maxItems bounds (and sometimes maxDirtyBlocks),
  * resuming from `next` until null; between calls it continues in the same transaction,
  * commits (the destination and the resume key become durable together), abandons or reopens
@@ -114,6 +115,8 @@ const inSpecArb: fc.Arbitrary<InSpec> = fc.record({
 
 interface DestSpec {
   k: number;
+  /** Seq just above or below the newest input version of the key (the boundary). */
+  near: boolean;
   newer: boolean;
   tomb: boolean;
   len: number;
@@ -123,7 +126,7 @@ interface DestSpec {
   r: number;
 }
 const destSpecArb: fc.Arbitrary<DestSpec> = fc.record({
-  k: fc.nat(), newer: fc.boolean(), tomb: fc.boolean(), len: lenArb, fill: fc.nat({ max: 255 }),
+  k: fc.nat(), near: fc.nat({ max: 2 }).map((x) => x === 0), newer: fc.boolean(), tomb: fc.boolean(), len: lenArb, fill: fc.nat({ max: 255 }),
   total: fc.integer({ min: -4, max: 4 }), count: fc.integer({ min: -3, max: 3 }), r: fc.nat(),
 });
 
@@ -176,12 +179,13 @@ interface Built {
 
 function buildModel(c: MergeCase, mkfsItems: Item[]): Built {
   const deltaKeys = Math.floor((c.universe * c.deltaPct) / 100);
-  // distinct input seqs 1000.. in the order of the generated ranks
+  // distinct even input seqs 2000, 2002, ... in the order of the generated ranks; destination
+  // seqs are odd (never equal to an input's), below, between or above the input seqs
   const all: { s: InSpec; input: number; i: number }[] = [];
   c.inputs.forEach((items, input) => items.forEach((s, i) => all.push({ s, input, i })));
   all.sort((x, y) => x.s.rank - y.s.rank || x.input - y.input || x.i - y.i);
-  const seqOf = new Map(all.map((x, j) => [x.s, 1000 + j]));
-  const maxInputSeq = 1000 + all.length;
+  const seqOf = new Map(all.map((x, j) => [x.s, 2 * (1000 + j)]));
+  const maxInputSeq = 2 * (1000 + all.length);
   const inputs = c.inputs.map((items) => {
     const m = new Map<string, Item>();
     for (const s of items) {
@@ -201,8 +205,9 @@ function buildModel(c: MergeCase, mkfsItems: Item[]): Built {
   for (const s of c.dest) {
     const idx = s.k % c.universe;
     const key = keyOf(idx, deltaKeys);
-    // older than every input, or newer than every input: never equal to an input seq
-    const seq = s.newer ? maxInputSeq + 1 + (s.r % 1000) : 1 + (s.r % 999);
+    const newest = Math.max(0, ...inputs.map((m) => m.get(hex(key))?.seq ?? 0));
+    const seq = s.near && newest > 0 ? newest + (s.newer ? 1 : -1)
+      : s.newer ? maxInputSeq + 1 + 2 * (s.r % 500) : 1 + 2 * (s.r % Math.floor(maxInputSeq / 2));
     const it: Item = idx < deltaKeys
       ? { key, val: encodeDelta(BigInt(s.total), BigInt(s.count)), seq, flags: ITEM_DELTA }
       : { key, val: s.tomb ? Buffer.alloc(0) : makeVal(s.len, s.fill), seq, flags: s.tomb ? ITEM_DELETION : 0 };
@@ -359,7 +364,8 @@ async function runCase(disks: TestDisks, c: MergeCase, stats: RunStats): Promise
         committedModel = new Map(model);
         committedResume = resume;
         stats.commits++;
-        await verify(`after commit ${call}`);
+        // every third commit and the last one (a small maxDirtyBlocks makes many commits)
+        if (stats.commits % 3 === 0 || resume === null) await verify(`after commit ${call}`);
       } else if (action === "abandon") {
         (t ?? vol.begin()).abandon();
         t = null;
