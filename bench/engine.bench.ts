@@ -1,17 +1,21 @@
 /*
  * Storage-engine micro benchmarks (docs/performance.md records the figures).
  *
- * On an in-memory simulated metadata device, so the figures are the engine's software cost
- * with a warm cache, one thread:
+ * On sparse files in a temp directory on disk (buffered I/O: commits write to the page
+ * cache; --sim uses in-memory SimDisks instead), with a warm block cache, one thread:
  *   - random inserts/s building a tree of N items (committing every 50,000 inserts),
  *   - random lookups/s at N items, random deletes/s, sequential iteration items/s,
  *   - merge throughput: items/s merging 4 log-tree-like inputs into a destination,
  *   - extent allocations and frees per second,
  *   - crc32c MB/s over 64 KiB blocks.
- * Usage: node dist/bench/engine.bench.js [--items N] [--runs R]; prints one
+ * Usage: node dist/bench/engine.bench.js [--items N] [--runs R] [--val BYTES]; prints one
  * `ENGINE metric=... value=... unit=...` line per figure (the median of R runs where timed).
  */
+import { mkdtemp, open, rm, truncate } from "node:fs/promises";
+import path from "node:path";
 import { performance } from "node:perf_hooks";
+import type { BlockDevice } from "../src/env/env.js";
+import { openRealBlockDevice } from "../src/env/real/blockdev.js";
 import { allocExtent, freeExtent } from "../src/core/alloc.js";
 import { btreeDelete, btreeInsert, btreeIterate, btreeLookup } from "../src/core/btree.js";
 import { btreeMerge } from "../src/core/btree_merge.js";
@@ -39,9 +43,25 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
+const cleanups: (() => Promise<void>)[] = [];
+
+async function device(name: string, bytes: number): Promise<BlockDevice> {
+  if (process.argv.includes("--sim")) return new SimDisk(name, bytes);
+  const dir = await mkdtemp(path.join(process.env.TMPDIR ?? "/var/tmp", "scoutfs-bench-"));
+  const file = path.join(dir, name);
+  await (await open(file, "w")).close();
+  await truncate(file, bytes);
+  const dev = await openRealBlockDevice(file);
+  cleanups.push(async () => {
+    await dev.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return dev;
+}
+
 async function newVolume(): Promise<Volume> {
-  const meta = new SimDisk("meta", 16 * GiB);
-  const data = new SimDisk("data", 64 * GiB);
+  const meta = await device("meta", 16 * GiB);
+  const data = await device("data", 64 * GiB);
   await makeVolume({
     meta, data, totalMetaBlocks: (16 * GiB) / 65536, totalDataBlocks: (64 * GiB) / 4096,
     slots: [{ nr: 0, addr: "127.0.0.1", port: 19700 }], dataAllocZoneBlocks: null,
@@ -51,7 +71,7 @@ async function newVolume(): Promise<Volume> {
 }
 
 const key = (n: number): Buffer => makeKey(16, BigInt(n), 4, BigInt(n % 7), 0n, 0);
-const VAL = Buffer.alloc(16, 7);
+let VAL = Buffer.alloc(16, 7);
 
 function shuffled(n: number, rng: SimRandom): number[] {
   const a = Array.from({ length: n }, (_, i) => i * 3);
@@ -165,6 +185,7 @@ function crcBench(): void {
 
 async function main(): Promise<void> {
   const items = arg("--items", 1_000_000);
+  VAL = Buffer.alloc(arg("--val", 16), 7);
   const runs = arg("--runs", 3);
   crcBench();
   await allocBench();
@@ -172,4 +193,8 @@ async function main(): Promise<void> {
   await mergeBench(Math.min(items, 400_000));
 }
 
-await main();
+try {
+  await main();
+} finally {
+  for (const c of cleanups) await c();
+}
