@@ -27,7 +27,7 @@ import { btreeDelete, btreeInsert, btreeNext } from "./btree.js";
 import {
   ALLOC_LIST_BLKNOS_OFF, ALLOC_LIST_MAX_BLKNOS, ALLOC_LIST_NEXT_OFF, ALLOC_LIST_NR_OFF,
   ALLOC_LIST_START_OFF, type AllocListHead, type AllocRoot, type BlockRef, corrupt, Magic,
-  META_BLOCK_SIZE, readBlockRef, readU64, writeBlockRef, writeU64,
+  META_BLOCK_SIZE, readBlockRef, readU64, sealBlock, writeBlockHeader, writeBlockRef, writeU64,
 } from "./format.js";
 import {
   EXTENT_ORDER_MAX, extentOrder, freeExtentBlknoKey, freeExtentOrderKey, keyFirst, keySecond,
@@ -49,6 +49,30 @@ export function listEntries(b: Buffer): number[] {
 function initListBlock(b: Buffer, next: BlockRef): void {
   b.fill(0, ALLOC_LIST_NEXT_OFF);
   writeBlockRef(b, ALLOC_LIST_NEXT_OFF, next);
+}
+
+export interface ListBlock {
+  next: BlockRef;
+  blknos: number[];
+}
+
+/** A whole alloc-list block (mkfs, tests); transactions edit dirty blocks in place. */
+export function encodeListBlock(fsid: bigint, seq: number, blkno: number, lb: ListBlock): Buffer {
+  assert(lb.blknos.length <= ALLOC_LIST_MAX_BLKNOS, "alloc list block capacity");
+  const b = Buffer.alloc(META_BLOCK_SIZE);
+  writeBlockHeader(b, Magic.ALLOC_LIST, fsid, seq, blkno);
+  initListBlock(b, lb.next);
+  lb.blknos.forEach((n, i) => writeU64(b, ALLOC_LIST_BLKNOS_OFF + i * 8, n));
+  setListNr(b, lb.blknos.length);
+  sealBlock(b);
+  validateListBlock(b);
+  return b;
+}
+
+/** Decodes the contents of a verified alloc-list block (identity is checked by the cache). */
+export function decodeListBlock(b: Buffer): ListBlock {
+  validateListBlock(b);
+  return { next: listNext(b), blknos: listEntries(b) };
 }
 
 function validateListBlock(b: Buffer): void {

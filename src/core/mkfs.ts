@@ -17,15 +17,14 @@ import type { BlockDevice } from "../env/env.js";
 import { assert } from "../util/assert.js";
 import { Counters } from "../util/counters.js";
 import { FsError } from "../util/errno.js";
-import { freeExtent, ListAllocator } from "./alloc.js";
+import { encodeListBlock, freeExtent, ListAllocator } from "./alloc.js";
 import { BlockCache, MetaTxn } from "./block.js";
 import { btreeInsert } from "./btree.js";
 import {
-  ALLOC_LIST_BLKNOS_OFF, ALLOC_LIST_NR_OFF, DATA_BLOCK_SIZE, DATA_DEV_START_BLKNO,
+  DATA_BLOCK_SIZE, DATA_DEV_START_BLKNO,
   emptyAllocRoot, emptyListHead, emptyQuorumBlock, emptyRoot, encodeInode, encodeQuorumBlock,
   FORMAT_VERSION_MAX, FORMAT_VERSION_MIN, type InodeValue, Magic, META_BLOCK_SIZE,
   META_DEV_START_BLKNO, QUORUM_BLKNO, QUORUM_BLOCK_SIZE, QUORUM_MAX_SLOTS, type SuperBlock,
-  writeU64,
 } from "./format.js";
 import { inodeKey, metaSeqKey } from "./key.js";
 import { SERVER_AVAIL_TARGET, writeSuperTo } from "./volume.js";
@@ -120,12 +119,10 @@ export async function makeVolume(p: MkfsParams): Promise<void> {
     firstNr: MKFS_AVAIL_BLOCKS, flags: 0 };
   const alloc = new ListAllocator(avail, emptyListHead());
   const w = new MetaTxn(cache, 1, alloc);
-  const lb = w.adoptDirty(listBlkno, Magic.ALLOC_LIST, null);
-  lb.writeUInt32LE(MKFS_AVAIL_BLOCKS, ALLOC_LIST_NR_OFF);
-  // popped from the end: store descending so the lowest blknos are used first
-  for (let i = 0; i < MKFS_AVAIL_BLOCKS; i++) {
-    writeU64(lb, ALLOC_LIST_BLKNOS_OFF + i * 8, first + MKFS_AVAIL_BLOCKS - 1 - i);
-  }
+  // popped from the end: stored descending so the lowest blknos are used first
+  const blknos = Array.from({ length: MKFS_AVAIL_BLOCKS }, (_, i) => first + MKFS_AVAIL_BLOCKS - 1 - i);
+  w.adoptDirty(listBlkno, Magic.ALLOC_LIST,
+    encodeListBlock(p.fsid, 1, listBlkno, { next: { blkno: 0, seq: 0 }, blknos }));
 
   await btreeInsert(w, sb.fsRoot, inodeKey(ROOT_INO), encodeInode(rootInode(p), p.formatVersion),
     { seq: 1 });

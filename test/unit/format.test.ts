@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import {
-  ALLOC_LIST_HEAD_SIZE, ALLOC_ROOT_SIZE, BTREE_ROOT_SIZE, decodeDataExtent, decodeInode,
+  ALLOC_LIST_HEAD_SIZE, ALLOC_LIST_MAX_BLKNOS, ALLOC_ROOT_SIZE, BTREE_ROOT_SIZE, decodeDataExtent, decodeInode,
   decodeQuorumBlock, decodeSuper, emptyQuorumBlock, encodeDataExtent, encodeInode,
   encodeQuorumBlock, encodeSuper, EXTENT_FLAG_OFFLINE, EXTENT_FLAG_UNWRITTEN, INODE_V1_SIZE,
   INODE_V2_SIZE, type InodeValue, isScoutfsSuper, Magic, META_BLOCK_SIZE, readAllocRoot,
@@ -25,6 +25,7 @@ import {
 } from "../../src/core/key.js";
 import { initBtreeBlock, insertAt, validateBtreeBlock } from "../../src/core/btree_block.js";
 import { encodeDelta, decodeDelta } from "../../src/core/btree_merge.js";
+import { decodeListBlock, encodeListBlock } from "../../src/core/alloc.js";
 import { isFsError } from "../../src/util/errno.js";
 
 const fixtures = fileURLToPath(new URL("../../../test/fixtures/format/", import.meta.url));
@@ -222,6 +223,29 @@ test("btree block: golden bytes, validation of every structural field", () => {
   const badLevel = Buffer.from(b);
   badLevel[34] = 1;
   expectEio(() => validateBtreeBlock(badLevel), "parent with non-ref values");
+});
+
+test("alloc list block: golden bytes, round trip, validation", () => {
+  const lb = { next: { blkno: 77, seq: 3 }, blknos: [10, 11, 12, 2 ** 40] };
+  const b = encodeListBlock(fsid, 4, 9, lb);
+  golden("alloc-list", b.subarray(0, 96));
+  assert.ok(b.subarray(96).every((x) => x === 0));
+  assert.ok(blockCrcValid(b));
+  assert.deepEqual(decodeListBlock(b), lb);
+  const full = encodeListBlock(fsid, 4, 9, { next: { blkno: 0, seq: 0 },
+    blknos: Array.from({ length: ALLOC_LIST_MAX_BLKNOS }, (_, i) => i + 100) });
+  assert.equal(decodeListBlock(full).blknos.length, ALLOC_LIST_MAX_BLKNOS);
+  assert.throws(() => encodeListBlock(fsid, 4, 9, { next: { blkno: 0, seq: 0 },
+    blknos: Array.from({ length: ALLOC_LIST_MAX_BLKNOS + 1 }, (_, i) => i) }));
+  const tooMany = Buffer.from(b);
+  tooMany.writeUInt32LE(ALLOC_LIST_MAX_BLKNOS + 1, 52);
+  expectEio(() => decodeListBlock(tooMany), "nr beyond capacity");
+  const junk = Buffer.from(b);
+  junk[1000] = 1;
+  expectEio(() => decodeListBlock(junk), "bytes after the entries");
+  const start = Buffer.from(b);
+  start[48] = 1;
+  expectEio(() => decodeListBlock(start), "non-zero start");
 });
 
 test("errors are typed", () => {
