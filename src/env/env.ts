@@ -49,8 +49,69 @@ export interface Logger {
   log(level: LogLevel, msg: string): void;
 }
 
+/** A pending timer; cancel it with Timers.clear(). */
+export interface TimerHandle {
+  readonly id: number;
+}
+
+export interface Timers {
+  /** Calls fn once after delayMs milliseconds of (virtual, in the simulator) monotonic time. */
+  after(delayMs: number, fn: () => void): TimerHandle;
+  /** Cancels a pending timer; clearing a fired or cleared timer does nothing. */
+  clear(h: TimerHandle): void;
+}
+
+/** An IPv4 address and port (the quorum slot addresses of the super block). */
+export interface NetAddr {
+  readonly addr: string;
+  readonly port: number;
+}
+
+/** Unreliable datagrams (UDP): the quorum election's transport. */
+export interface DatagramSocket {
+  readonly local: NetAddr;
+  /** Sends one datagram; it may be lost, duplicated, delayed or reordered. Never throws. */
+  send(buf: Buffer, to: NetAddr): void;
+  /** Sets the receiver (one per socket); datagrams arriving before it is set are dropped. */
+  onMessage(fn: (buf: Buffer, from: NetAddr) => void): void;
+  close(): void;
+}
+
+/**
+ * A byte stream (TCP) between a client and the server. Bytes arrive in order and unaltered,
+ * or the connection breaks: then onClose fires once and nothing more is delivered (a break
+ * may cut a message in the middle).
+ */
+export interface StreamConnection {
+  readonly local: NetAddr;
+  readonly remote: NetAddr;
+  /** Queues bytes for sending; false (and nothing queued) once the connection is closed. */
+  write(buf: Buffer): boolean;
+  onData(fn: (chunk: Buffer) => void): void;
+  /** Fires once when the connection breaks or either side closes it. */
+  onClose(fn: (reason: string) => void): void;
+  close(): void;
+  readonly closed: boolean;
+}
+
+export interface StreamListener {
+  readonly local: NetAddr;
+  onConnection(fn: (c: StreamConnection) => void): void;
+  close(): void;
+}
+
+export interface Network {
+  /** Binds a datagram socket at addr (EADDRINUSE-like FsError if taken). */
+  bindDatagram(addr: NetAddr): Promise<DatagramSocket>;
+  listen(addr: NetAddr): Promise<StreamListener>;
+  /** Connects to a listener; rejects with an FsError (ECONNREFUSED, ETIMEDOUT) on failure. */
+  connect(to: NetAddr, timeoutMs: number): Promise<StreamConnection>;
+}
+
 export interface Env {
   readonly clock: Clock;
+  readonly timers: Timers;
   readonly random: Random;
   readonly logger: Logger;
+  readonly net: Network;
 }

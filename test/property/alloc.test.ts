@@ -51,6 +51,7 @@ import type { SimDisk } from "../../src/sim/disk.js";
 import { Counters } from "../../src/util/counters.js";
 import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
 import { makeTestVolume, MiB, type TestDisks } from "../helpers/volume.js";
+import { makeAssertProperty } from "../helpers/property.js";
 
 const BASE_SEED = process.env.FC_SEED !== undefined ? Number(process.env.FC_SEED) : 0xa110c;
 
@@ -64,20 +65,7 @@ async function expectFsError(p: Promise<unknown>, code: ErrnoCode, what: string)
   assert.fail(`${what}: expected ${code}`);
 }
 
-/** Runs a property with a fixed seed; a failure names seed, path and the shrunk case's error. */
-async function assertProperty<T>(name: string, seed: number, arb: fc.Arbitrary<T>,
-  pred: (v: T) => Promise<void>, params: Omit<fc.Parameters<[T]>, "seed">): Promise<void> {
-  const r = await fc.check(fc.asyncProperty(arb, pred), { ...params, seed });
-  if (!r.failed) return;
-  const err = r.errorInstance;
-  const msg = err instanceof Error ? err.message : String(err);
-  const ce = fc.stringify(r.counterexample);
-  const text = `${name} failed: seed ${r.seed} path "${r.counterexamplePath ?? ""}" after ${r.numRuns} runs, ` +
-    `shrunk ${r.numShrinks} times (replay: FC_SEED=${BASE_SEED})\n${msg}\ncounterexample ` +
-    `(${ce.length} chars): ${ce.length > 4000 ? `${ce.slice(0, 4000)}...` : ce}`;
-  console.error(text);
-  throw new Error(text, { cause: err });
-}
+const assertProperty = makeAssertProperty(BASE_SEED);
 
 const fmt = (e: Extent | null): string => (e ? `[${e.start}, +${e.len})` : "null");
 const endOf = (e: Extent): number => e.start + e.len;

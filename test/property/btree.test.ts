@@ -37,6 +37,7 @@ import { Volume, type VolumeTxn } from "../../src/core/volume.js";
 import { Counters } from "../../src/util/counters.js";
 import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
 import { makeTestVolume, type TestDisks } from "../helpers/volume.js";
+import { makeAssertProperty } from "../helpers/property.js";
 
 const BASE_SEED = process.env.FC_SEED !== undefined ? Number(process.env.FC_SEED) : 0x5c0f75;
 
@@ -566,23 +567,7 @@ async function runOps(h: Harness, ops: Op[]): Promise<void> {
   }
 }
 
-/**
- * Runs a property with a fixed seed. On failure the error names the seed and replay path and
- * quotes the error of the (shrunk) counterexample; the counterexample itself is truncated.
- */
-async function assertProperty<T>(name: string, seed: number, arb: fc.Arbitrary<T>,
-  pred: (v: T) => Promise<void>, params: Omit<fc.Parameters<[T]>, "seed">): Promise<void> {
-  const r = await fc.check(fc.asyncProperty(arb, pred), { ...params, seed });
-  if (!r.failed) return;
-  const err = r.errorInstance;
-  const msg = err instanceof Error ? err.message : String(err);
-  const ce = fc.stringify(r.counterexample);
-  const text = `${name} failed: seed ${r.seed} path "${r.counterexamplePath ?? ""}" after ${r.numRuns} runs, ` +
-    `shrunk ${r.numShrinks} times (replay: FC_SEED=${BASE_SEED})\n${msg}\ncounterexample ` +
-    `(${ce.length} chars): ${ce.length > 4000 ? `${ce.slice(0, 4000)}...` : ce}`;
-  console.error(text);
-  throw new Error(text, { cause: err });
-}
+const assertProperty = makeAssertProperty(BASE_SEED);
 
 // ---------------------------------------------------------------------------------------
 // The tests.

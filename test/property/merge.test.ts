@@ -34,23 +34,11 @@ import { keyDec, keyInc, makeKey, MAX_KEY, MIN_KEY, Zone } from "../../src/core/
 import { Volume, type VolumeTxn } from "../../src/core/volume.js";
 import { Counters } from "../../src/util/counters.js";
 import { makeTestVolume, type TestDisks } from "../helpers/volume.js";
+import { makeAssertProperty } from "../helpers/property.js";
 
 const BASE_SEED = process.env.FC_SEED !== undefined ? Number(process.env.FC_SEED) : 0x3e76e;
 
-/** Runs a property with a fixed seed; a failure names seed, path and the shrunk case's error. */
-async function assertProperty<T>(name: string, seed: number, arb: fc.Arbitrary<T>,
-  pred: (v: T) => Promise<void>, params: Omit<fc.Parameters<[T]>, "seed">): Promise<void> {
-  const r = await fc.check(fc.asyncProperty(arb, pred), { ...params, seed });
-  if (!r.failed) return;
-  const err = r.errorInstance;
-  const msg = err instanceof Error ? err.message : String(err);
-  const ce = fc.stringify(r.counterexample);
-  const text = `${name} failed: seed ${r.seed} path "${r.counterexamplePath ?? ""}" after ${r.numRuns} runs, ` +
-    `shrunk ${r.numShrinks} times (replay: FC_SEED=${BASE_SEED})\n${msg}\ncounterexample ` +
-    `(${ce.length} chars): ${ce.length > 4000 ? `${ce.slice(0, 4000)}...` : ce}`;
-  console.error(text);
-  throw new Error(text, { cause: err });
-}
+const assertProperty = makeAssertProperty(BASE_SEED);
 
 const hex = (k: Buffer): string => k.toString("hex");
 
