@@ -13,10 +13,14 @@
  * Random: crypto.randomFillSync, drawn 4 KiB at a time so u32() does not cost a syscall.
  * Logger: one line per message on stderr, "<ISO time> <level> <msg>", dropping messages
  * below the configured level.
+ * Timers: node's setTimeout, guarded and kept referenced (./timers.ts).
+ * Net: UDP over node:dgram, TCP over node:net (./net.ts).
  */
 
 import { randomFillSync } from "node:crypto";
 import type { Clock, Env, LogLevel, Logger, Random } from "../env.js";
+import { RealNetwork } from "./net.js";
+import { RealTimers } from "./timers.js";
 
 export interface RealEnvOptions {
   /** Least severe level written (default "info"). */
@@ -30,8 +34,18 @@ const NS_PER_MS = 1_000_000n;
 const NS_PER_SEC = 1_000_000_000n;
 const RANDOM_POOL_BYTES = 4096;
 
-export function realEnv(opts: RealEnvOptions = {}): Env {
-  return { clock: new RealClock(), random: new RealRandom(), logger: realLogger(opts) };
+/** The real Env with its concrete parts, so the daemon can reach counters and clearAll(). */
+export interface RealEnv extends Env {
+  readonly timers: RealTimers;
+  readonly net: RealNetwork;
+}
+
+export function realEnv(opts: RealEnvOptions = {}): RealEnv {
+  const logger = realLogger(opts);
+  return {
+    clock: new RealClock(), random: new RealRandom(), logger,
+    timers: new RealTimers(logger), net: new RealNetwork(logger),
+  };
 }
 
 export class RealClock implements Clock {
