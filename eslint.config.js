@@ -35,6 +35,21 @@ export default tseslint.config(
         { name: "Date", message: "use env.clock" },
         { name: "performance", message: "use env.clock" },
       ],
+    },
+  },
+  {
+    // the core may not even reach the process: no nextTick ordering, env, argv or exit
+    files: ["src/core/**/*.ts", "src/util/**/*.ts"],
+    rules: {
+      "no-restricted-globals": ["error",
+        { name: "setTimeout", message: "use env.timers" },
+        { name: "setInterval", message: "use env.timers" },
+        { name: "setImmediate", message: "use env.timers" },
+        { name: "Date", message: "use env.clock" },
+        { name: "performance", message: "use env.clock" },
+        { name: "process", message: "core code gets everything through its Env" },
+        { name: "queueMicrotask", message: "ordering must come from the scheduler" },
+      ],
       "no-restricted-properties": ["error",
         { object: "Math", property: "random", message: "use env.random" },
         { object: "process", property: "hrtime", message: "use env.clock" },
