@@ -236,6 +236,63 @@ export class ListAllocator implements MetaAllocator {
   }
 }
 
+/** Sorted runs of consecutive blknos; a blkno listed twice is corruption. */
+export function coalesce(blknos: number[]): Extent[] {
+  const sorted = [...blknos].sort((a, b) => a - b);
+  const out: Extent[] = [];
+  for (const b of sorted) {
+    const last = out[out.length - 1];
+    if (last && last.start + last.len === b) last.len++;
+    else {
+      if (last && b < last.start + last.len) throw corrupt(`blkno ${b} listed twice`);
+      out.push({ start: b, len: 1 });
+    }
+  }
+  return out;
+}
+
+/**
+ * Empties a committed alloc-list chain into a free-extent tree: its entries become free
+ * extents and its (committed) list blocks are handed to `freeListBlock`, which must not make
+ * them reusable before this transaction commits. The head is left empty.
+ */
+export async function drainList(w: MetaTxn, h: AllocListHead, into: AllocRoot,
+  freeListBlock: (blkno: number) => Promise<void>): Promise<void> {
+  while (h.ref.blkno !== 0) {
+    const buf = await w.cache.read(h.ref, Magic.ALLOC_LIST);
+    const entries = listEntries(buf);
+    for (const run of coalesce(entries)) await freeExtent(w, into, run);
+    const blkno = h.ref.blkno;
+    h.ref = listNext(buf);
+    h.totalNr -= entries.length;
+    h.firstNr = 0;
+    await freeListBlock(blkno);
+  }
+  if (h.totalNr !== 0) throw corrupt("alloc list total count");
+  h.ref = { blkno: 0, seq: 0 };
+  h.firstNr = 0;
+}
+
+/**
+ * Prepends new list blocks holding `blknos` (free, owned by this transaction) to a chain that
+ * some other writer owns; the chain's existing blocks are not touched, so they need no COW.
+ * The first blkno of each run of 8186 becomes the list block holding the other 8185.
+ */
+export function prependListBlocks(w: MetaTxn, h: AllocListHead, blknos: number[]): void {
+  for (let i = 0; i < blknos.length; i += ALLOC_LIST_MAX_BLKNOS + 1) {
+    const chunk = blknos.slice(i, i + ALLOC_LIST_MAX_BLKNOS + 1);
+    const at = chunk[0]!;
+    const entries = chunk.slice(1);
+    const buf = w.adoptDirty(at, Magic.ALLOC_LIST, null);
+    initListBlock(buf, h.ref);
+    entries.forEach((n, k) => writeU64(buf, ALLOC_LIST_BLKNOS_OFF + k * 8, n));
+    setListNr(buf, entries.length);
+    h.ref = { blkno: at, seq: w.seq };
+    h.totalNr += entries.length;
+    h.firstNr = entries.length;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Free-extent btrees.
 

@@ -21,10 +21,10 @@ import type { BlockDevice } from "../env/env.js";
 import { assert } from "../util/assert.js";
 import { Counters } from "../util/counters.js";
 import { FsError } from "../util/errno.js";
-import { allocExtent, freeExtent, listEntries, listNext, ListAllocator } from "./alloc.js";
+import { allocExtent, drainList, ListAllocator } from "./alloc.js";
 import { BlockCache, DEFAULT_CACHE_BYTES, MetaTxn } from "./block.js";
 import {
-  type AllocRoot, decodeSuper, emptyListHead, encodeSuper, Magic, META_BLOCK_SIZE,
+  type AllocRoot, decodeSuper, emptyListHead, encodeSuper, META_BLOCK_SIZE,
   SUPER_OFFSET, SUPER_SIZE, type SuperBlock,
 } from "./format.js";
 
@@ -95,11 +95,17 @@ export class Volume {
     return new Volume(meta, cache, counters, sb);
   }
 
-  /** Opens the one write transaction; EBUSY while another is open. */
-  begin(): VolumeTxn {
+  /**
+   * Opens the one write transaction; EBUSY while another is open. Its blocks are stamped with
+   * `seq` (default: the super's seq + 1), which must be greater than every seq committed so
+   * far; the server passes seqs from its own counter, which it also hands to clients.
+   */
+  begin(seq?: number): VolumeTxn {
     if (this.txnOpen) throw new FsError("EBUSY", "a transaction is already open");
+    const s = seq ?? this.sb.seq + 1;
+    assert(s > this.sb.seq, `transaction seq ${s} not after committed seq ${this.sb.seq}`);
     this.txnOpen = true;
-    return new VolumeTxn(this, cloneSuper(this.sb));
+    return new VolumeTxn(this, cloneSuper(this.sb), s);
   }
 
   /** Called by VolumeTxn when it ends, committed or not. */
@@ -116,10 +122,10 @@ export class VolumeTxn {
   private done = false;
   private draining = false;
 
-  constructor(readonly vol: Volume, readonly sb: SuperBlock) {
+  constructor(readonly vol: Volume, readonly sb: SuperBlock, seq: number) {
     this.alloc = new ListAllocator(sb.serverMetaAvail[0], sb.serverMetaFreed[0],
       (txn) => this.refillAvail(txn), SERVER_AVAIL_LOW);
-    this.w = new MetaTxn(vol.cache, sb.seq + 1, this.alloc);
+    this.w = new MetaTxn(vol.cache, seq, this.alloc);
   }
 
   get seq(): number {
@@ -152,19 +158,11 @@ export class VolumeTxn {
   }
 
   private async drainPendingFreedList(): Promise<void> {
-    const h = this.sb.serverMetaFreed[1];
-    while (h.ref.blkno !== 0) {
-      const buf = await this.w.cache.read(h.ref, Magic.ALLOC_LIST);
-      for (const run of coalesce(listEntries(buf))) await freeExtent(this.w, this.sb.metaAlloc[1], run);
-      const blkno = h.ref.blkno;
-      h.ref = listNext(buf);
-      h.totalNr -= listEntries(buf).length;
-      h.firstNr = 0;
-      await this.alloc.freeCommitted(this.w, blkno);
-    }
-    assert(h.totalNr === 0, "pending freed list count");
+    await drainList(this.w, this.sb.serverMetaFreed[1], this.sb.metaAlloc[1],
+      (blkno) => this.alloc.freeCommitted(this.w, blkno));
     this.sb.serverMetaFreed[1] = emptyListHead();
   }
+
 
   /** Data device extents, allocated in this transaction. */
   get dataAlloc(): AllocRoot {
@@ -180,7 +178,8 @@ export class VolumeTxn {
       this.sb.serverMetaFreed[1] = this.sb.serverMetaFreed[0];
       this.sb.serverMetaFreed[0] = emptyListHead();
       this.alloc.freed = this.sb.serverMetaFreed[0];
-      this.sb.seq = this.w.seq;
+      // seqs handed out during the transaction (by the server) may be past the txn's own
+      this.sb.seq = Math.max(this.sb.seq, this.w.seq);
       this.sb.hdr.seq = this.w.seq;
       await this.w.writeDirty();
       await dev.flush();
@@ -203,19 +202,4 @@ export class VolumeTxn {
     this.w.abandon();
     this.vol.endTxn(null);
   }
-}
-
-/** Sorted runs of consecutive blknos. */
-export function coalesce(blknos: number[]): { start: number; len: number }[] {
-  const sorted = [...blknos].sort((a, b) => a - b);
-  const out: { start: number; len: number }[] = [];
-  for (const b of sorted) {
-    const last = out[out.length - 1];
-    if (last && last.start + last.len === b) last.len++;
-    else {
-      assert(!last || b >= last.start + last.len, `blkno ${b} freed twice`);
-      out.push({ start: b, len: 1 });
-    }
-  }
-  return out;
 }
