@@ -36,6 +36,8 @@ import {
 } from "./key.js";
 import { ROOT_INO } from "./mkfs.js";
 import { checkDataDevice, readSuperFrom } from "./volume.js";
+import { decodeLogTrees, type LogTrees } from "./format_log.js";
+import "./forest.js"; // registers the bloom block validator
 
 export interface FsckReport {
   problems: string[];
@@ -227,6 +229,35 @@ function fsItem(c: Checker, key: Buffer, val: Buffer): void {
   }
 }
 
+/** logs_root and everything each mount's log_trees item owns. */
+async function checkLogTrees(c: Checker, logsRoot: BtreeRoot): Promise<void> {
+  const items: Buffer[] = [];
+  await checkTree(c, "logs_root", logsRoot, (_k, v) => { items.push(v); });
+  for (const v of items) {
+    let lt: LogTrees;
+    try {
+      lt = decodeLogTrees(v);
+    } catch (e) {
+      if (!isFsError(e)) throw e;
+      c.problem(`logs_root item: ${e.message}`);
+      continue;
+    }
+    const name = `log tree ${lt.rid.toString(16)}.${lt.nr}`;
+    await checkTree(c, name, lt.itemRoot);
+    await checkList(c, `${name} meta_avail`, lt.metaAvail);
+    await checkList(c, `${name} meta_freed`, lt.metaFreed);
+    if (lt.bloomRef.blkno !== 0) {
+      await c.guard(`${name} bloom`, async () => {
+        await c.cache.read(lt.bloomRef, Magic.BLOOM);
+        c.referenced++;
+        c.meta.push({ start: lt.bloomRef.blkno, len: 1, owner: `${name} bloom block` });
+      });
+    }
+    c.data.push(...await checkExtents(c, `${name} data_avail`, lt.dataAvail));
+    c.data.push(...await checkExtents(c, `${name} data_freed`, lt.dataFreed));
+  }
+}
+
 export async function fsckVolume(meta: BlockDevice, data: BlockDevice | null):
   Promise<FsckReport> {
   const sb = await readSuperFrom(meta, true);
@@ -246,7 +277,8 @@ export async function fsckVolume(meta: BlockDevice, data: BlockDevice | null):
   await c.guard("root inode", async () => {
     if (!(await btreeLookup(cache, sb.fsRoot, inodeKey(ROOT_INO)))) c.problem("root inode missing");
   });
-  for (const [name, root] of [["logs_root", sb.logsRoot], ["log_merge", sb.logMerge],
+  await checkLogTrees(c, sb.logsRoot);
+  for (const [name, root] of [["log_merge", sb.logMerge],
     ["mounted_clients", sb.mountedClients], ["srch_root", sb.srchRoot]] as const) {
     await checkTree(c, name, root);
   }
