@@ -135,3 +135,22 @@ test("mounts write their own log trees and read the newest versions through the 
   // soak: SCOUTFS_SIM_SEEDS=N runs N more seeds
   for (let seed = 1000; seed < 1000 + extra; seed++) await runSeed(seed);
 });
+
+test("inode numbers come in disjoint batches from 1024 and survive a server restart", async () => {
+  const c = await newCluster(7);
+  const mounts = [1, 2].map((i) => mountOn(c, c.world.addNode(`m${i}`), BigInt(0xb0 + i)));
+  await c.world.settle(Promise.all(mounts.map((m) => m.mount())));
+  const got: { ino: bigint; nr: bigint }[] = [];
+  for (let i = 0; i < 6; i++) {
+    got.push(await c.world.settle(mounts[i % 2]!.allocInodes(i === 5 ? 50_000 : 100)));
+  }
+  assert.equal(got[0]!.ino, 1024n);
+  for (let i = 1; i < got.length; i++) assert.equal(got[i]!.ino, got[i - 1]!.ino + got[i - 1]!.nr);
+  assert.equal(got[5]!.nr, 10_240n, "one request gets at most 10240 numbers");
+  c.server!.stop();
+  c.world.crash("server");
+  c.serverNode = c.world.restart("server");
+  await startServer(c, 2);
+  const after = await c.world.settle(mounts[0]!.allocInodes(10));
+  assert.equal(after.ino, got[5]!.ino + got[5]!.nr, "never reused after a restart");
+});
