@@ -61,6 +61,13 @@ export class MountClient {
 
   /** Connects to the server and opens the first transaction. */
   async mount(): Promise<void> {
+    // the server asks for a commit when it finalizes log trees for merging; answer at once
+    this.net.register(NetCmd.SYNC_LOG_TREES, () => {
+      this.commit().catch((e: unknown) => {
+        this.env.logger.log("warn", `commit asked by the server failed: ${String(e)}`);
+      });
+      return Buffer.alloc(0);
+    });
     this.net.start();
     await this.openTrans();
   }
@@ -118,6 +125,8 @@ export class MountClient {
     const w = this.txn;
     assert(lt && w, "no open transaction");
     const items = [...this.dirty.values()].sort((a, b) => Buffer.compare(a.key, b.key));
+    // items recorded while no transaction was open carry an older seq: never below this txn's
+    for (const it of items) it.seq = Math.max(it.seq, lt.getTransSeq);
     const taken = this.dirty;
     this.dirty = new Map();
     try {

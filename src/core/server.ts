@@ -33,6 +33,8 @@ import { keyFirst, logTreesKey, mountedClientKey, U64_MAX, Zone, makeKey } from 
 import { type Greeting, GreetingFlag, NetCmd } from "./msg.js";
 import { NetServer } from "./net.js";
 import type { Volume, VolumeTxn } from "./volume.js";
+import { LogMerger } from "./server_merge.js";
+import { listLogTrees } from "./forest.js";
 
 export interface ServerOptions {
   fsid: bigint;
@@ -68,6 +70,7 @@ export class Server {
   private stopped = false;
   private readonly metaTarget: number;
   private readonly dataTarget: number;
+  readonly merger: LogMerger;
 
   constructor(readonly env: Env, readonly vol: Volume, readonly counters: Counters,
     readonly opts: ServerOptions) {
@@ -81,6 +84,30 @@ export class Server {
       name: "server",
     });
     this.register();
+    this.merger = new LogMerger({
+      hold: (fn) => this.hold(fn),
+      nextSeq: () => this.nextSeq(),
+      committedLogTrees: () => listLogTrees(this.vol.cache, this.vol.sb.logsRoot),
+      syncClients: () => this.syncClients(),
+      sleep: (ms) => new Promise<void>((r) => { this.env.timers.after(ms, r); }),
+      monotonicMs: () => this.env.clock.monotonicMs(),
+      counters: this.counters,
+      onError: (e) => {
+        if (!this.stopped) this.env.logger.log("warn", `log merge round failed: ${String(e)}`);
+      },
+    });
+  }
+
+  /** Asks every connected mount to commit now (finalization for log merging). */
+  private syncClients(): void {
+    for (const rid of this.net.clientRids()) {
+      this.net.request(rid, NetCmd.SYNC_LOG_TREES, Buffer.alloc(0)).catch(() => undefined);
+    }
+  }
+
+  /** Starts a log merge round now (trigger log_merge_force_finalize_ours). */
+  requestMerge(): void {
+    this.merger.request();
   }
 
   /** Restores the seq counter past every seq already used by a mount, then listens. */
@@ -212,6 +239,7 @@ export class Server {
   }
 
   private async getLogTrees(rid: bigint): Promise<Buffer> {
+    await this.merger.waitGate();
     let out: LogTrees | null = null;
     await this.hold(async (t) => {
       let lt = await this.currentLogTrees(t.sb.logsRoot, rid, t.w.cache);
@@ -278,6 +306,7 @@ export class Server {
       await btreeForce(t.w, t.sb.logsRoot, logTreesKey(rid, BigInt(lt.nr)), encodeLogTrees(lt), { seq: 0 });
     });
     this.counters.inc("server_commit_log_trees");
+    this.merger.kick();
     return Buffer.alloc(0);
   }
 

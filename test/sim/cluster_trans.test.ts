@@ -17,6 +17,8 @@ import { test } from "node:test";
 import type { NetAddr } from "../../src/env/env.js";
 import { MountClient } from "../../src/core/client.js";
 import { fsckVolume } from "../../src/core/fsck.js";
+import { listLogTrees } from "../../src/core/forest.js";
+import { LOG_TREES_FLAG_FINALIZED } from "../../src/core/format_log.js";
 import { makeKey, Zone } from "../../src/core/key.js";
 import { makeVolume } from "../../src/core/mkfs.js";
 import { Server } from "../../src/core/server.js";
@@ -81,6 +83,23 @@ async function checkAll(c: Cluster, mounts: MountClient[], model: Map<string, st
   }
 }
 
+/** Forces a log merge round while the mounts keep writing; checks reads after it. */
+async function mergeNow(c: Cluster, mounts: MountClient[], model: Map<string, string>):
+  Promise<void> {
+  const server = c.server!;
+  const before = server.counters.get("log_merge_complete");
+  server.requestMerge();
+  await c.world.settle((async () => {
+    while (server.counters.get("log_merge_complete") === before) {
+      await new Promise<void>((r) => { c.serverNode.env.timers.after(10, r); });
+    }
+  })());
+  await checkAll(c, mounts, model);
+  const trees = await c.world.settle(listLogTrees(server.vol.cache, server.vol.sb.logsRoot));
+  assert.ok(trees.every((lt) => (lt.flags & LOG_TREES_FLAG_FINALIZED) === 0), "finalized trees freed");
+  assert.ok(server.counters.get("log_merge_keys") > 0, "items were merged into fs_root");
+}
+
 async function runSeed(seed: number): Promise<void> {
   const c = await newCluster(seed);
   const nodes = [1, 2, 3].map((i) => c.world.addNode(`m${i}`));
@@ -112,6 +131,7 @@ async function runSeed(seed: number): Promise<void> {
     model.set(shared.toString("hex"), `shared ${round}`);
     await c.world.settle(w.commit());
     await checkAll(c, mounts, model);
+    if (round % 3 === 2) await mergeNow(c, mounts, model);
   }
   // the server restarts: everything committed is still there
   c.server!.stop();
