@@ -29,6 +29,7 @@ import { bloomAdd, forestLookup, type ForestRoots, lockStartFor } from "./forest
 import { NetCmd } from "./msg.js";
 import { NetClient } from "./net.js";
 import { decodeRoots } from "./server.js";
+import { type HeldLock, LockClient, lockItemSeq } from "./lock.js";
 
 export interface MountClientOptions {
   fsid: bigint;
@@ -46,6 +47,7 @@ export const MAX_DIRTY_ITEMS = 100_000;
 export class MountClient {
   readonly net: NetClient;
   readonly cache: BlockCache;
+  readonly locks: LockClient;
   private lt: LogTrees | null = null;
   private txn: MetaTxn | null = null;
   private dirty = new Map<string, Item>();
@@ -56,7 +58,28 @@ export class MountClient {
     this.cache = new BlockCache(meta, opts.fsid, counters, opts.cacheBytes ?? 64 * 1024 * 1024,
       opts.totalMetaBlocks);
     this.net = new NetClient(env, counters, { fsid: opts.fsid, fmtVers: opts.fmtVers, rid: opts.rid,
-      quorum: opts.quorum, getServerAddr: opts.getServerAddr, name: `client-${opts.rid.toString(16)}` });
+      quorum: opts.quorum, getServerAddr: opts.getServerAddr, name: `client-${opts.rid.toString(16)}`,
+      onConnected: (term, newServer) => { if (newServer) this.locks.serverChanged(term); } });
+    this.locks = new LockClient({
+      env, counters, name: `locks-${opts.rid.toString(16)}`,
+      transport: { request: (p) => this.net.request(NetCmd.LOCK, p), serverTerm: () => this.net.serverTerm },
+      // a lock dirtied the open transaction: commit it so the next holder reads our writes;
+      // reads go through the forest each time, so there is no item cache to drop yet
+      onInvalidate: async (_range, _mode, dirtied) => { if (dirtied) await this.commit(); },
+    });
+    this.net.register(NetCmd.LOCK, (p) => this.locks.handleInvalidate(p));
+    this.net.register(NetCmd.LOCK_RECOVER, (p) => this.locks.handleRecover(p));
+  }
+
+  /**
+   * Records a new version of key under a held WRITE or WRITE_ONLY lock: its seq is the lock's
+   * write_seq when that is greater than the transaction's, which makes it newer than every
+   * version another mount wrote under an earlier grant.
+   */
+  putLocked(held: HeldLock, key: Buffer, val: Buffer): void {
+    assert(this.lt, "no open transaction");
+    this.put(key, val, lockItemSeq(held, this.lt.getTransSeq));
+    this.locks.markDirtied(held, this.lt.getTransSeq);
   }
 
   /** Connects to the server and opens the first transaction. */
@@ -146,6 +169,7 @@ export class MountClient {
       throw e;
     }
     w.markClean();
+    this.locks.transCommitted(lt.getTransSeq);
     this.counters.inc("trans_commit");
     await this.openTrans();
   }
@@ -176,6 +200,7 @@ export class MountClient {
   /** Commits what is dirty, says farewell and disconnects. */
   async unmount(): Promise<void> {
     if (this.dirty.size > 0) await this.commit();
+    this.locks.shutdown();
     await this.net.farewell();
     this.net.shutdown();
   }

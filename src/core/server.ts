@@ -34,6 +34,7 @@ import { type Greeting, GreetingFlag, NetCmd } from "./msg.js";
 import { NetServer } from "./net.js";
 import type { Volume, VolumeTxn } from "./volume.js";
 import { LogMerger } from "./server_merge.js";
+import { LockServer } from "./lock_server.js";
 import { listLogTrees } from "./forest.js";
 
 export interface ServerOptions {
@@ -71,6 +72,7 @@ export class Server {
   private readonly metaTarget: number;
   private readonly dataTarget: number;
   readonly merger: LogMerger;
+  readonly locks: LockServer;
 
   constructor(readonly env: Env, readonly vol: Volume, readonly counters: Counters,
     readonly opts: ServerOptions) {
@@ -80,8 +82,16 @@ export class Server {
     this.net = new NetServer(env, counters, {
       fsid: opts.fsid, fmtVers: opts.fmtVers, serverTerm: opts.term,
       onGreeting: (g) => this.onGreeting(g),
-      onFarewell: (rid) => { void this.forget(rid); },
+      onFarewell: (rid) => {
+        this.locks.removeClient(rid);
+        void this.forget(rid).catch(() => undefined);
+      },
       name: "server",
+    });
+    this.locks = new LockServer({
+      env, counters, nextSeq: () => this.nextSeq(),
+      sendToClient: (rid, cmd, payload) => this.net.request(rid, cmd, payload),
+      name: "server locks",
     });
     this.register();
     this.merger = new LogMerger({
@@ -122,6 +132,7 @@ export class Server {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.locks.shutdown();
     this.net.shutdown();
     while (this.committing) await new Promise<void>((r) => { this.env.timers.after(1, r); });
   }
@@ -136,6 +147,7 @@ export class Server {
     this.net.register(NetCmd.GET_LOG_TREES, (_p, peer) => this.getLogTrees(peer.rid));
     this.net.register(NetCmd.COMMIT_LOG_TREES, (p, peer) => this.commitLogTrees(p, peer.rid));
     this.net.register(NetCmd.GET_ROOTS, () => this.getRoots());
+    this.net.register(NetCmd.LOCK, (p, peer) => this.locks.handleRequest(peer.rid, p));
     this.net.register(NetCmd.GET_LAST_SEQ, () => this.getLastSeq());
     this.net.register(NetCmd.STATFS, () => this.statfs());
     this.net.register(NetCmd.FAREWELL, async (_p, peer) => {
@@ -200,6 +212,8 @@ export class Server {
   // Handlers.
 
   private async onGreeting(g: Greeting): Promise<void> {
+    // the lock server may talk to the mount once its connection is admitted (after this)
+    this.env.timers.after(0, () => { this.locks.clientGreeted(g.rid); });
     await this.hold(async (t) => {
       const flags = (g.flags & GreetingFlag.QUORUM) !== 0 ? MOUNTED_CLIENT_FLAG_QUORUM : 0;
       await btreeForce(t.w, t.sb.mountedClients, mountedClientKey(g.rid),

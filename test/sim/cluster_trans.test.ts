@@ -7,10 +7,9 @@
  * Method: a SimWorld per seed with one server node and 3 mounts sharing simulated metadata and
  * data devices, with network delay, chunk splitting and occasional connection cuts (the
  * messaging layer resends). Each mount writes private keys in its own inode group and, in
- * turns, a shared register key; a model records the last committed value of every key. Until
- * the lock service is integrated, "newest wins" across mounts is made right the way a lock's
- * write_seq will: the next writer opens a fresh transaction (a seq above every committed one)
- * after the previous writer committed.
+ * turns, a shared register key under the lock service (WRITE to write, READ to read: the
+ * invalidation makes the writer commit, its lock's write_seq makes its version the newest);
+ * a model records the last committed value of every key.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -22,6 +21,8 @@ import { LOG_TREES_FLAG_FINALIZED } from "../../src/core/format_log.js";
 import { makeKey, Zone } from "../../src/core/key.js";
 import { makeVolume } from "../../src/core/mkfs.js";
 import { Server } from "../../src/core/server.js";
+import { inodeGroupRange } from "../../src/core/lock_names.js";
+import { LockMode } from "../../src/core/lock_msg.js";
 import { Volume } from "../../src/core/volume.js";
 import { SimDisk } from "../../src/sim/disk.js";
 import { SimWorld, type SimNode } from "../../src/sim/env.js";
@@ -106,6 +107,7 @@ async function runSeed(seed: number): Promise<void> {
   const mounts = nodes.map((n, i) => mountOn(c, n, BigInt(0xa0 + i)));
   await c.world.settle(Promise.all(mounts.map((m) => m.mount())));
   const model = new Map<string, string>();
+  let sharedValue = "";
   const r = c.world.random.fork();
   for (let round = 0; round < 6; round++) {
     // private keys, written concurrently by every mount
@@ -123,13 +125,32 @@ async function runSeed(seed: number): Promise<void> {
       }
       await m.commit();
     })));
-    // the shared register, one writer at a time
-    const w = mounts[round % mounts.length]!;
-    await c.world.settle(w.commit()); // fresh seq above every committed one (write_seq's job)
+    // the shared register under the group's WRITE lock, without committing: a reader's READ
+    // lock makes the writer commit (invalidation) before it is granted, and the lock's
+    // write_seq makes the new version newer than every earlier one
+    // several writers in a row, none committing by itself: each writer's transaction may be
+    // older than the previous writer's, so only write_seq orders their versions
     const shared = key(1, 0);
-    w.put(shared, Buffer.from(`shared ${round}`));
-    model.set(shared.toString("hex"), `shared ${round}`);
-    await c.world.settle(w.commit());
+    for (let k = 0; k < 4; k++) {
+      const w = mounts[r.int(mounts.length)]!;
+      await c.world.settle((async () => {
+        const h = await w.locks.lock([inodeGroupRange(1n)], LockMode.WRITE);
+        w.putLocked(h.held[0]!, shared, Buffer.from(`shared ${round}.${k}`));
+        w.locks.unlock(h);
+      })());
+      sharedValue = `shared ${round}.${k}`;
+    }
+    for (const m of mounts) {
+      const got = await c.world.settle((async () => {
+        const h = await m.locks.lock([inodeGroupRange(1n)], LockMode.READ);
+        try {
+          return await m.lookup(shared);
+        } finally {
+          m.locks.unlock(h);
+        }
+      })());
+      assert.equal(got?.toString(), sharedValue, `seed ${seed} round ${round}: shared register`);
+    }
     await checkAll(c, mounts, model);
     if (round % 3 === 2) await mergeNow(c, mounts, model);
   }
