@@ -9,8 +9,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import {
   ALLOC_LIST_HEAD_SIZE, ALLOC_LIST_MAX_BLKNOS, ALLOC_ROOT_SIZE, BTREE_ROOT_SIZE, decodeDataExtent, decodeInode,
   decodeQuorumBlock, decodeSuper, emptyQuorumBlock, encodeDataExtent, encodeInode,
@@ -27,19 +25,9 @@ import { initBtreeBlock, insertAt, validateBtreeBlock } from "../../src/core/btr
 import { encodeDelta, decodeDelta } from "../../src/core/btree_merge.js";
 import { decodeListBlock, encodeListBlock } from "../../src/core/alloc.js";
 import { isFsError } from "../../src/util/errno.js";
+import { goldenIn } from "../helpers/golden.js";
 
-const fixtures = fileURLToPath(new URL("../../../test/fixtures/format/", import.meta.url));
-
-function golden(name: string, buf: Buffer): void {
-  const path = `${fixtures}${name}.hex`;
-  const hex = buf.toString("hex").replace(/(.{64})/g, "$1\n").trimEnd() + "\n";
-  if (process.env.UPDATE_FIXTURES === "1" || !existsSync(path)) {
-    if (process.env.CI === "true" && !existsSync(path)) assert.fail(`missing fixture ${path}`);
-    mkdirSync(fixtures, { recursive: true });
-    writeFileSync(path, hex);
-  }
-  assert.equal(hex, readFileSync(path, "utf8"), `${name} bytes differ from the golden fixture`);
-}
+const golden = goldenIn("format");
 
 function expectEio(fn: () => unknown, what: string): void {
   assert.throws(fn, (e: unknown) => isFsError(e, "EIO"), what);

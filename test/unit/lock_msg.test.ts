@@ -11,8 +11,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import {
   decodeLockGrant, decodeLockInvalidate, decodeLockInvalidateReply, decodeLockRecoverReply,
   decodeLockRecoverRequest, decodeLockRequest, encodeLockGrant, encodeLockInvalidate,
@@ -29,19 +27,9 @@ import { InodeIndexType, makeKey, MAX_KEY, MIN_KEY, Zone } from "../../src/core/
 import { MSG_MAX_DATA_LEN } from "../../src/core/msg.js";
 import { isFsError } from "../../src/util/errno.js";
 import { SimRandom } from "../../src/sim/random.js";
+import { goldenIn } from "../helpers/golden.js";
 
-const fixtures = fileURLToPath(new URL("../../../test/fixtures/lock/", import.meta.url));
-
-function golden(name: string, buf: Buffer): void {
-  const path = `${fixtures}${name}.hex`;
-  const hex = buf.toString("hex").replace(/(.{64})/g, "$1\n").trimEnd() + "\n";
-  if (process.env.UPDATE_FIXTURES === "1" || !existsSync(path)) {
-    if (process.env.CI === "true" && !existsSync(path)) assert.fail(`missing fixture ${path}`);
-    mkdirSync(fixtures, { recursive: true });
-    writeFileSync(path, hex);
-  }
-  assert.equal(hex, readFileSync(path, "utf8"), `${name} bytes differ from the golden fixture`);
-}
+const golden = goldenIn("lock");
 
 function expectBadMsg(fn: () => unknown, what: string): void {
   assert.throws(fn, (e: unknown) => isFsError(e, "EBADMSG"), what);

@@ -13,8 +13,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import {
   cmdName, decodeGreeting, decodeMsg, encodeGreeting, encodeMsg, FrameReader, frameDataLen,
   fsErrorFromWire, type Greeting, GREETING_SIZE, GreetingFlag, type Msg, MSG_HEADER_SIZE,
@@ -24,19 +22,9 @@ import {
 import { crc32c } from "../../src/util/crc32c.js";
 import { isFsError } from "../../src/util/errno.js";
 import { SimRandom } from "../../src/sim/random.js";
+import { goldenIn } from "../helpers/golden.js";
 
-const fixtures = fileURLToPath(new URL("../../../test/fixtures/msg/", import.meta.url));
-
-function golden(name: string, buf: Buffer): void {
-  const path = `${fixtures}${name}.hex`;
-  const hex = buf.toString("hex").replace(/(.{64})/g, "$1\n").trimEnd() + "\n";
-  if (process.env.UPDATE_FIXTURES === "1" || !existsSync(path)) {
-    if (process.env.CI === "true" && !existsSync(path)) assert.fail(`missing fixture ${path}`);
-    mkdirSync(fixtures, { recursive: true });
-    writeFileSync(path, hex);
-  }
-  assert.equal(hex, readFileSync(path, "utf8"), `${name} bytes differ from the golden fixture`);
-}
+const golden = goldenIn("msg");
 
 function expectBadMsg(fn: () => unknown, what: string): void {
   assert.throws(fn, (e: unknown) => isFsError(e, "EBADMSG"), what);

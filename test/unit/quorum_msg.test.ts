@@ -11,27 +11,15 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import {
   decodeQuorumMsg, encodeQuorumMsg, type QuorumMsg, QUORUM_MSG_REJECTS, QUORUM_MSG_SIZE,
   QUORUM_MSG_TYPE_NR, QUORUM_MSG_VERSION, QuorumMsgType, quorumMsgTypeName, slotMaskOf,
 } from "../../src/core/quorum_msg.js";
 import { crc32c } from "../../src/util/crc32c.js";
 import { SimRandom } from "../../src/sim/random.js";
+import { goldenIn } from "../helpers/golden.js";
 
-const fixtures = fileURLToPath(new URL("../../../test/fixtures/quorum/", import.meta.url));
-
-function golden(name: string, buf: Buffer): void {
-  const path = `${fixtures}${name}.hex`;
-  const hex = buf.toString("hex").replace(/(.{64})/g, "$1\n").trimEnd() + "\n";
-  if (process.env.UPDATE_FIXTURES === "1" || !existsSync(path)) {
-    if (process.env.CI === "true" && !existsSync(path)) assert.fail(`missing fixture ${path}`);
-    mkdirSync(fixtures, { recursive: true });
-    writeFileSync(path, hex);
-  }
-  assert.equal(hex, readFileSync(path, "utf8"), `${name} bytes differ from the golden fixture`);
-}
+const golden = goldenIn("quorum");
 
 const fsid = 0x0123_4567_89ab_cdefn;
 /** Slots 0, 1, 2 and 14 configured. */
