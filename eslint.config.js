@@ -6,6 +6,13 @@ import tseslint from "typescript-eslint";
 const osModules = ["fs", "net", "dgram", "timers", "child_process", "os", "worker_threads",
   "fs/promises", "timers/promises", "cluster", "http", "https", "crypto"];
 const banned = osModules.flatMap((m) => [m, `node:${m}`]);
+const timeGlobals = [
+  { name: "setTimeout", message: "use env.timers" },
+  { name: "setInterval", message: "use env.timers" },
+  { name: "setImmediate", message: "use env.timers" },
+  { name: "Date", message: "use env.clock" },
+  { name: "performance", message: "use env.clock" },
+];
 
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**"] },
@@ -28,25 +35,14 @@ export default tseslint.config(
       "no-restricted-imports": ["error", { paths: banned.map((name) => ({
         name, message: "core code reaches the OS only through its Env (DESIGN.md 2)",
       })) }],
-      "no-restricted-globals": ["error",
-        { name: "setTimeout", message: "use env.timers" },
-        { name: "setInterval", message: "use env.timers" },
-        { name: "setImmediate", message: "use env.timers" },
-        { name: "Date", message: "use env.clock" },
-        { name: "performance", message: "use env.clock" },
-      ],
+      "no-restricted-globals": ["error", ...timeGlobals],
     },
   },
   {
     // the core may not even reach the process: no nextTick ordering, env, argv or exit
     files: ["src/core/**/*.ts", "src/util/**/*.ts"],
     rules: {
-      "no-restricted-globals": ["error",
-        { name: "setTimeout", message: "use env.timers" },
-        { name: "setInterval", message: "use env.timers" },
-        { name: "setImmediate", message: "use env.timers" },
-        { name: "Date", message: "use env.clock" },
-        { name: "performance", message: "use env.clock" },
+      "no-restricted-globals": ["error", ...timeGlobals,
         { name: "process", message: "core code gets everything through its Env" },
         { name: "queueMicrotask", message: "ordering must come from the scheduler" },
       ],

@@ -14,7 +14,8 @@
  * Buffer.compare sorts them. Block numbers and seqs are JS numbers asserted < 2^53; identities
  * (fsid, rid) and inode numbers are bigints.
  */
-import { assert, assertSafeU } from "../util/assert.js";
+import { assert } from "../util/assert.js";
+import { readU53, writeU53 } from "../util/u53.js";
 import { crc32c } from "../util/crc32c.js";
 import { FsError } from "../util/errno.js";
 
@@ -68,16 +69,12 @@ export function magicName(magic: number): string {
 const TWO32 = 0x1_0000_0000;
 
 export function writeU64(buf: Buffer, off: number, n: number): void {
-  assertSafeU(n, "u64 field");
-  buf.writeUInt32LE(n % TWO32, off);
-  buf.writeUInt32LE(Math.floor(n / TWO32), off + 4);
+  writeU53(buf, off, n);
 }
 
 /** Reads a u64 that must fit in 53 bits; larger on-disk values are corruption (EIO). */
 export function readU64(buf: Buffer, off: number): number {
-  const hi = buf.readUInt32LE(off + 4);
-  if (hi >= 0x200000) throw corrupt(`u64 at ${off} exceeds 2^53`);
-  return hi * TWO32 + buf.readUInt32LE(off);
+  return readU53(buf, off, () => corrupt(`u64 at ${off} exceeds 2^53`));
 }
 
 export function corrupt(what: string): FsError {

@@ -34,11 +34,12 @@
  * encoder could produce (sizes, modes, zero pads, start <= end within one zone, u64 fields
  * below 2^53, sorted disjoint recover entries) and throw FsError EBADMSG otherwise.
  */
-import { assert, assertSafeU } from "../util/assert.js";
+import { assert } from "../util/assert.js";
 import { FsError } from "../util/errno.js";
 import { compareKeys, KEY_SIZE } from "./key.js";
 import { type LockRange, rangeProblem } from "./lock_names.js";
 import { MSG_MAX_DATA_LEN } from "./msg.js";
+import { readU53 as readU53Or, writeU53 } from "../util/u53.js";
 
 /** Lock modes, upstream's wire values (SCOUTFS_LOCK_NULL..WRITE_ONLY). */
 export const LockMode = { NULL: 0, READ: 1, WRITE: 2, WRITE_ONLY: 3 } as const;
@@ -125,18 +126,8 @@ function malformed(what: string): FsError {
   return new FsError("EBADMSG", `malformed lock message: ${what}`);
 }
 
-const TWO32 = 0x1_0000_0000;
-
-function writeU53(buf: Buffer, off: number, n: number, what: string): void {
-  assertSafeU(n, what);
-  buf.writeUInt32LE(n % TWO32, off);
-  buf.writeUInt32LE(Math.floor(n / TWO32), off + 4);
-}
-
 function readU53(buf: Buffer, off: number, what: string): number {
-  const hi = buf.readUInt32LE(off + 4);
-  if (hi >= 0x200000) throw malformed(`${what} exceeds 2^53`);
-  return hi * TWO32 + buf.readUInt32LE(off);
+  return readU53Or(buf, off, () => malformed(`${what} exceeds 2^53`));
 }
 
 function checkSize(buf: Buffer, size: number, what: string): void {

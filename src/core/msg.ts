@@ -36,9 +36,10 @@
  * (MSG_MAX_FRAME_SIZE bytes) and, once it has seen a malformed frame, refuses everything:
  * the byte stream can no longer be trusted, the connection must be closed.
  */
-import { assert, assertSafeU } from "../util/assert.js";
+import { assert } from "../util/assert.js";
 import { crc32c } from "../util/crc32c.js";
 import { type ErrnoCode, FsError } from "../util/errno.js";
+import { readU53 as readU53Or, writeU53 } from "../util/u53.js";
 
 export const MSG_HEADER_SIZE = 48;
 /** Largest payload of one frame (see the header comment for why 4096). */
@@ -155,18 +156,8 @@ function malformed(what: string): FsError {
   return new FsError("EBADMSG", `malformed network message: ${what}`);
 }
 
-const TWO32 = 0x1_0000_0000;
-
-function writeU53(buf: Buffer, off: number, n: number, what: string): void {
-  assertSafeU(n, what);
-  buf.writeUInt32LE(n % TWO32, off);
-  buf.writeUInt32LE(Math.floor(n / TWO32), off + 4);
-}
-
 function readU53(buf: Buffer, off: number, what: string): number {
-  const hi = buf.readUInt32LE(off + 4);
-  if (hi >= 0x200000) throw malformed(`${what} exceeds 2^53`);
-  return hi * TWO32 + buf.readUInt32LE(off);
+  return readU53Or(buf, off, () => malformed(`${what} exceeds 2^53`));
 }
 
 /** Checks the relations between fields that every valid frame satisfies. */

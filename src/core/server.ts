@@ -23,13 +23,13 @@ import { FsError } from "../util/errno.js";
 import {
   allocExtent, drainList, type Extent, freeExtent, listExtents, prependListBlocks,
 } from "./alloc.js";
-import { btreeDelete, btreeForce, btreeFree, btreeIterate, btreeLookup, btreePrev } from "./btree.js";
+import { btreeDelete, btreeForce, btreeFree, btreeLookup, btreePrev } from "./btree.js";
 import { type BtreeRoot, BTREE_ROOT_SIZE, readBtreeRoot, writeBtreeRoot } from "./format.js";
 import {
   decodeLogTrees, emptyLogTrees, encodeLogTrees, encodeMountedClient, LOG_TREES_FLAG_FINALIZED,
   type LogTrees, MOUNTED_CLIENT_FLAG_QUORUM,
 } from "./format_log.js";
-import { keyFirst, logTreesKey, mountedClientKey, U64_MAX, Zone, makeKey } from "./key.js";
+import { keyFirst, logTreesKey, mountedClientKey, U64_MAX, Zone } from "./key.js";
 import { type Greeting, GreetingFlag, NetCmd } from "./msg.js";
 import { NetServer } from "./net.js";
 import type { Volume, VolumeTxn } from "./volume.js";
@@ -122,11 +122,9 @@ export class Server {
 
   /** Restores the seq counter past every seq already used by a mount, then listens. */
   async start(addr: NetAddr): Promise<NetAddr> {
-    await btreeIterate(this.vol.cache, this.vol.sb.logsRoot, makeKey(Zone.LOG_TREES, 0n, 0),
-      makeKey(Zone.LOG_TREES, U64_MAX, 255, U64_MAX, U64_MAX, 255), (it) => {
-        const lt = decodeLogTrees(it.val);
-        this.seq = Math.max(this.seq, lt.getTransSeq, lt.maxItemSeq);
-      });
+    for (const lt of await listLogTrees(this.vol.cache, this.vol.sb.logsRoot)) {
+      this.seq = Math.max(this.seq, lt.getTransSeq, lt.maxItemSeq);
+    }
     return this.net.listen(addr);
   }
 
@@ -335,11 +333,9 @@ export class Server {
   /** The last seq no still-open mount transaction can commit below (bounds index walks). */
   private async getLastSeq(): Promise<Buffer> {
     let last = this.vol.sb.seq;
-    await btreeIterate(this.vol.cache, this.vol.sb.logsRoot, makeKey(Zone.LOG_TREES, 0n, 0),
-      makeKey(Zone.LOG_TREES, U64_MAX, 255, U64_MAX, U64_MAX, 255), (it) => {
-        const lt = decodeLogTrees(it.val);
-        if (lt.getTransSeq > lt.commitTransSeq) last = Math.min(last, lt.getTransSeq - 1);
-      });
+    for (const lt of await listLogTrees(this.vol.cache, this.vol.sb.logsRoot)) {
+      if (lt.getTransSeq > lt.commitTransSeq) last = Math.min(last, lt.getTransSeq - 1);
+    }
     const out = Buffer.alloc(8);
     out.writeBigUInt64LE(BigInt(last), 0);
     return out;

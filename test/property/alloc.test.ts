@@ -49,21 +49,12 @@ import { keyFields, makeKey, MAX_KEY, MIN_KEY, U64_MAX, Zone } from "../../src/c
 import { Volume, type VolumeTxn } from "../../src/core/volume.js";
 import type { SimDisk } from "../../src/sim/disk.js";
 import { Counters } from "../../src/util/counters.js";
-import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
 import { makeTestVolume, MiB, type TestDisks } from "../helpers/volume.js";
 import { makeAssertProperty } from "../helpers/property.js";
+import { expectFsError } from "../helpers/errors.js";
 
 const BASE_SEED = process.env.FC_SEED !== undefined ? Number(process.env.FC_SEED) : 0xa110c;
 
-async function expectFsError(p: Promise<unknown>, code: ErrnoCode, what: string): Promise<void> {
-  try {
-    await p;
-  } catch (e) {
-    if (isFsError(e, code)) return;
-    throw e;
-  }
-  assert.fail(`${what}: expected ${code}`);
-}
 
 const assertProperty = makeAssertProperty(BASE_SEED);
 

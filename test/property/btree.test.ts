@@ -35,9 +35,9 @@ import { type BtreeRoot, Magic } from "../../src/core/format.js";
 import { keyDec, keyInc, makeKey, MAX_KEY, MIN_KEY, U64_MAX, Zone } from "../../src/core/key.js";
 import { Volume, type VolumeTxn } from "../../src/core/volume.js";
 import { Counters } from "../../src/util/counters.js";
-import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
 import { makeTestVolume, type TestDisks } from "../helpers/volume.js";
 import { makeAssertProperty } from "../helpers/property.js";
+import { expectFsError } from "../helpers/errors.js";
 
 const BASE_SEED = process.env.FC_SEED !== undefined ? Number(process.env.FC_SEED) : 0x5c0f75;
 
@@ -153,15 +153,6 @@ function assertItems(actual: Item[], expect: Entry[], what: string): void {
   }
 }
 
-async function expectFsError(p: Promise<unknown>, code: ErrnoCode, what: string): Promise<void> {
-  try {
-    await p;
-  } catch (e) {
-    if (isFsError(e, code)) return;
-    throw e;
-  }
-  assert.fail(`${what}: expected ${code}`);
-}
 
 export interface ShapeStats {
   blocks: number;
