@@ -26,19 +26,36 @@ import { KEY_SIZE, makeKey, U64_MAX, Zone } from "./key.js";
 const BLOOM_TOTAL_OFF = BLOCK_HEADER_SIZE;
 const BLOOM_BITS_OFF = BLOCK_HEADER_SIZE + 8;
 export const BLOOM_NBITS = (META_BLOCK_SIZE - BLOOM_BITS_OFF) * 8;
-const FNV_OFFSET = 0xcbf29ce484222325n;
-const FNV_PRIME = 0x100000001b3n;
-const MASK64 = (1n << 64n) - 1n;
+const TWO32 = 0x1_0000_0000;
 
-export function fnv1a64(buf: Buffer): bigint {
-  let h = FNV_OFFSET;
-  for (const b of buf) h = ((h ^ BigInt(b)) * FNV_PRIME) & MASK64;
-  return h;
+/**
+ * FNV-1a 64 in two 32-bit halves (no BigInt on the read path). The prime is 2^40 + 435, so
+ * h * prime mod 2^64 = h * 435 + (lo << 40): every partial product stays below 2^53.
+ */
+export function fnv1a64Parts(buf: Buffer): { hi: number; lo: number } {
+  let hi = 0xcbf29ce4;
+  let lo = 0x84222325;
+  for (const b of buf) {
+    lo = (lo ^ b) >>> 0;
+    const loMul = lo * 435;
+    const carry = Math.floor(loMul / TWO32);
+    const newLo = loMul % TWO32;
+    hi = (hi * 435 + carry + ((lo * 256) % TWO32)) % TWO32;
+    lo = newLo;
+  }
+  return { hi, lo };
 }
 
+export function fnv1a64(buf: Buffer): bigint {
+  const { hi, lo } = fnv1a64Parts(buf);
+  return (BigInt(hi) << 32n) | BigInt(lo);
+}
+
+/** Three 19-bit slices of the hash (bits 0-18, 19-37, 38-56), modulo the bloom's size. */
 export function bloomBits(key: Buffer): number[] {
-  const h = fnv1a64(key);
-  return [0n, 19n, 38n].map((s) => Number((h >> s) & 0x7ffffn) % BLOOM_NBITS);
+  const { hi, lo } = fnv1a64Parts(key);
+  return [lo & 0x7ffff, ((lo >>> 19) | ((hi & 0x3f) << 13)) >>> 0, (hi >>> 6) & 0x7ffff]
+    .map((v) => v % BLOOM_NBITS);
 }
 
 /**
