@@ -16,6 +16,7 @@ export const Errno = {
   ENOTEMPTY: 39, ELOOP: 40, ENODATA: 61, ENOLINK: 67, EPROTO: 71, EOVERFLOW: 75,
   EBADMSG: 74, EOPNOTSUPP: 95, ECONNREFUSED: 111, ENOTCONN: 107, ETIMEDOUT: 110,
   ESTALE: 116, EDQUOT: 122, ECANCELED: 125, ENOBUFS: 105, EINPROGRESS: 115,
+  EINTR: 4, EDEADLK: 35, ENOLCK: 37,
 } as const;
 
 export type ErrnoCode = keyof typeof Errno;
@@ -46,6 +47,8 @@ const strerrors: Partial<Record<ErrnoCode, string>> = {
   ESTALE: "Stale file handle", EDQUOT: "Disk quota exceeded",
   ECANCELED: "Operation canceled", ENOBUFS: "No buffer space available",
   EINPROGRESS: "Operation now in progress",
+  EINTR: "Interrupted system call", EDEADLK: "Resource deadlock avoided",
+  ENOLCK: "No locks available",
 };
 
 export function strerror(errno: number): string {
