@@ -82,10 +82,12 @@ function validateListBlock(b: Buffer): void {
   listNext(b);
   for (let i = 0; i < nr; i++) listEntry(b, i);
   const end = ALLOC_LIST_BLKNOS_OFF + nr * 8;
-  for (let o = end; o < META_BLOCK_SIZE; o += 4) {
-    if (b.readUInt32LE(o) !== 0) throw corrupt("alloc list unused bytes");
+  if (b.compare(ZERO_BLOCK, end, META_BLOCK_SIZE, end, META_BLOCK_SIZE) !== 0) {
+    throw corrupt("alloc list unused bytes");
   }
 }
+/** Compared against (never written): unused bytes of list blocks must be zero. */
+const ZERO_BLOCK = Buffer.alloc(META_BLOCK_SIZE);
 registerBlockValidator(Magic.ALLOC_LIST, validateListBlock);
 
 function sameRef(a: BlockRef, b: BlockRef): boolean {

@@ -386,6 +386,17 @@ export async function btreeInsertList(w: MetaTxn, root: BtreeRoot, items: Item[]
   }
 }
 
+/**
+ * Makes every block on the path to key balanced (upstream scoutfs_btree_rebalance): a single
+ * child root collapses, a child without room for a maximal insert is split and one under the
+ * low water mark is joined with a sibling. Log merging calls it after splicing a subtree whose
+ * root filled up or emptied while a mount merged into it.
+ */
+export async function btreeRebalance(w: MetaTxn, root: BtreeRoot, key: Buffer): Promise<void> {
+  await walkDirty(w, root, key,
+    { leafNeed: ITEM_HDR_SIZE + BTREE_MAX_VAL_LEN, shrink: true, create: false });
+}
+
 /** Frees every block of a tree without reading its leaves; the root becomes empty. */
 export async function btreeFree(w: MetaTxn, root: BtreeRoot): Promise<void> {
   if (root.height > 0) await freeSubtree(w, root.ref, root.height - 1);

@@ -28,6 +28,12 @@ export interface MergeOptions {
   maxItems: number;
   /** Stop once the transaction has this many dirty blocks. */
   maxDirtyBlocks?: number;
+  /**
+   * Asked before each key is applied; false stops the merge with that key as the resume key
+   * (a mount merging into an fs_root subtree stops before the subtree's root could split or
+   * collapse, or before its allocator runs low).
+   */
+  canApply?: (key: Buffer) => boolean | Promise<boolean>;
 }
 
 export interface MergeResult {
@@ -160,6 +166,7 @@ export async function btreeMerge(w: MetaTxn, dest: BtreeRoot, inputs: BtreeRoot[
       (opts.maxDirtyBlocks !== undefined && w.dirtyCount >= opts.maxDirtyBlocks)) {
       return { next: min, keys };
     }
+    if (opts.canApply && !(await opts.canApply(min))) return { next: min, keys };
     const versions: Item[] = [];
     for (const c of cursors) {
       const h = c.head();

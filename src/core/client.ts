@@ -12,6 +12,13 @@
  * is; only then are the items clean and the next transaction opened. No shared block is ever
  * written by two mounts: each writes only blocks from its own lists.
  *
+ * Reads: the dirty items live in the item cache (src/core/item_cache.ts) with the clean
+ * items read under cluster locks. lookupLocked/nextLocked/prevLocked/rangeLocked read under
+ * a READ or WRITE lock the caller holds and are served from the cache, filled from the forest
+ * on a miss; the invalidation hook commits what the lock dirtied and then drops the range
+ * (a downgrade to READ keeps it). lookup/next/prev without a lock read the forest each time
+ * (plus this mount's dirty items) and cache nothing.
+ *
  * Item versions: every item written in a transaction gets at least the transaction's seq (the
  * lock layer raises it to the lock's write_seq when that is greater), so "newest seq wins"
  * orders versions across mounts' independently committed trees.
@@ -25,11 +32,21 @@ import { BlockCache, MetaTxn, withStaleRetry } from "./block.js";
 import { btreeInsertList, type Item, ITEM_DELETION } from "./btree.js";
 import { BTREE_MAX_VAL_LEN } from "./btree_block.js";
 import { decodeLogTrees, encodeLogTrees, type LogTrees } from "./format_log.js";
-import { bloomAdd, forestLookup, type ForestRoots, lockStartFor } from "./forest.js";
+import {
+  bloomAdd, forestLookup, forestNext, forestPrev, forestRange, forestRangeBack, type ForestRoots,
+  lockStartFor,
+} from "./forest.js";
+import {
+  ITEM_CACHE_FILL_ITEMS, ITEM_CACHE_FILL_RETRIES, ItemCache, type KeyVal,
+} from "./item_cache.js";
+import { compareKeys, keyDec, keyInc, MAX_KEY, MIN_KEY } from "./key.js";
+import { LockMode, lockModeName } from "./lock_msg.js";
+import { rangeContainsKey } from "./lock_names.js";
 import { NetCmd } from "./msg.js";
-import { NetClient } from "./net.js";
+import { type MergeWorker, startMergeWorker } from "./merge_client.js";
+import { NetClient, type NetTuning } from "./net.js";
 import { decodeRoots } from "./server.js";
-import { type HeldLock, LockClient, lockItemSeq } from "./lock.js";
+import { type HeldLock, LockClient, lockItemSeq, type LockModeChange } from "./lock.js";
 
 export interface MountClientOptions {
   fsid: bigint;
@@ -38,11 +55,19 @@ export interface MountClientOptions {
   quorum: boolean;
   getServerAddr: () => Promise<NetAddr>;
   cacheBytes?: number;
+  /** Byte bound of the item cache (default ITEM_CACHE_DEFAULT_BYTES). */
+  itemCacheBytes?: number;
   totalMetaBlocks: number;
+  /** Messaging timeouts (tests shorten them). */
+  netTuning?: Partial<NetTuning>;
+  /** Every change of a lock's mode at this mount (checkers watch grants). */
+  onLockModeChange?: (c: LockModeChange) => void;
 }
 
 /** Dirty items held before a commit is forced (bounds memory and commit size). */
 export const MAX_DIRTY_ITEMS = 100_000;
+/** Lock-less iteration steps re-read after racing a commit before giving up (EAGAIN). */
+export const UNLOCKED_READ_RETRIES = 16;
 
 export class MountClient {
   readonly net: NetClient;
@@ -50,22 +75,46 @@ export class MountClient {
   readonly locks: LockClient;
   private lt: LogTrees | null = null;
   private txn: MetaTxn | null = null;
-  private dirty = new Map<string, Item>();
+  /** Clean items read under locks and the dirty items of the open transaction. */
+  readonly items: ItemCache;
+  /** The log merge worker, started by mount() (public so tests can stop or retune it). */
+  mergeWorker: MergeWorker | null = null;
   private committing: Promise<void> | null = null;
+  /**
+   * The transaction that items recorded now belong to, for the locks' dirty tracking: the
+   * open one's seq, or, from the moment a commit took its items until the next transaction
+   * is open, one past the committing seq (those items go to the next transaction, whose seq
+   * the server makes greater; attributing them to the committing one would let a lock
+   * believe they were committed and skip the commit its invalidation needs).
+   */
+  private recordSeq = 0;
+  /**
+   * this.lt/this.txn are a transaction the server opened and nobody committed yet. False
+   * after a commit until GET_LOG_TREES succeeds: committing the old, already committed
+   * transaction again would look like a resend to the server, which acknowledges it without
+   * recording anything, and its items would be lost.
+   */
+  private transOpen = false;
 
   constructor(readonly env: Env, readonly meta: BlockDevice, readonly counters: Counters,
     readonly opts: MountClientOptions) {
+    this.items = new ItemCache(counters, { maxBytes: opts.itemCacheBytes });
     this.cache = new BlockCache(meta, opts.fsid, counters, opts.cacheBytes ?? 64 * 1024 * 1024,
       opts.totalMetaBlocks);
     this.net = new NetClient(env, counters, { fsid: opts.fsid, fmtVers: opts.fmtVers, rid: opts.rid,
       quorum: opts.quorum, getServerAddr: opts.getServerAddr, name: `client-${opts.rid.toString(16)}`,
+      tuning: opts.netTuning,
       onConnected: (term, newServer) => { if (newServer) this.locks.serverChanged(term); } });
     this.locks = new LockClient({
       env, counters, name: `locks-${opts.rid.toString(16)}`,
       transport: { request: (p) => this.net.request(NetCmd.LOCK, p), serverTerm: () => this.net.serverTerm },
-      // a lock dirtied the open transaction: commit it so the next holder reads our writes;
-      // reads go through the forest each time, so there is no item cache to drop yet
-      onInvalidate: async (_range, _mode, dirtied) => { if (dirtied) await this.commit(); },
+      onModeChange: opts.onLockModeChange,
+      // a lock dirtied the open transaction: commit it so the next holder reads our writes,
+      // then drop the range's cached items (kept when downgraded to READ: still current)
+      onInvalidate: async (range, mode, dirtied) => {
+        if (dirtied) await this.commit();
+        this.items.invalidate(range.start, range.end, mode === LockMode.READ);
+      },
     });
     this.net.register(NetCmd.LOCK, (p) => this.locks.handleInvalidate(p));
     this.net.register(NetCmd.LOCK_RECOVER, (p) => this.locks.handleRecover(p));
@@ -79,7 +128,15 @@ export class MountClient {
   putLocked(held: HeldLock, key: Buffer, val: Buffer): void {
     assert(this.lt, "no open transaction");
     this.put(key, val, lockItemSeq(held, this.lt.getTransSeq));
-    this.locks.markDirtied(held, this.lt.getTransSeq);
+    this.locks.markDirtied(held, this.recordSeq);
+  }
+
+  /** Records a deletion of key under a held WRITE or WRITE_ONLY lock (see putLocked). */
+  deleteLocked(held: HeldLock, key: Buffer): void {
+    assert(this.lt, "no open transaction");
+    assert(rangeContainsKey(held.range, key), "item deleted outside its lock's range");
+    this.delete(key, lockItemSeq(held, this.lt.getTransSeq));
+    this.locks.markDirtied(held, this.recordSeq);
   }
 
   /** Connects to the server and opens the first transaction. */
@@ -93,6 +150,7 @@ export class MountClient {
     });
     this.net.start();
     await this.openTrans();
+    this.mergeWorker = startMergeWorker(this); // merges log trees for the server (merge_client.ts)
   }
 
   get transSeq(): number {
@@ -100,15 +158,18 @@ export class MountClient {
     return this.lt.getTransSeq;
   }
 
+  /** Dirty items of the open transaction (not those of a commit in flight). */
   get dirtyCount(): number {
-    return this.dirty.size;
+    return this.items.pendingDirtyCount;
   }
 
   private async openTrans(): Promise<void> {
     const lt = decodeLogTrees(await this.net.request(NetCmd.GET_LOG_TREES, Buffer.alloc(0)));
     if (lt.rid !== this.opts.rid) throw new FsError("EPROTO", "server opened another mount's log tree");
     this.lt = lt;
+    this.recordSeq = lt.getTransSeq;
     this.txn = new MetaTxn(this.cache, lt.getTransSeq, new ListAllocator(lt.metaAvail, lt.metaFreed));
+    this.transOpen = true;
     this.counters.inc("trans_open");
   }
 
@@ -125,11 +186,11 @@ export class MountClient {
 
   private record(it: Item): void {
     assert(this.lt, "no open transaction");
-    if (this.dirty.size >= MAX_DIRTY_ITEMS && !this.dirty.has(it.key.toString("hex"))) {
+    if (this.items.pendingDirtyCount >= MAX_DIRTY_ITEMS && !this.items.isPendingDirty(it.key)) {
       throw new FsError("EAGAIN", "transaction full: commit first");
     }
     it.seq = Math.max(it.seq, this.lt.getTransSeq);
-    this.dirty.set(it.key.toString("hex"), it);
+    this.items.put(it);
   }
 
   /** Commits the open transaction (concurrent callers share one commit) and opens the next. */
@@ -144,14 +205,15 @@ export class MountClient {
   }
 
   private async commitOnce(): Promise<void> {
+    if (!this.transOpen) await this.openTrans(); // the last open after a commit failed
     const lt = this.lt;
     const w = this.txn;
-    assert(lt && w, "no open transaction");
-    const items = [...this.dirty.values()].sort((a, b) => Buffer.compare(a.key, b.key));
+    assert(lt && w && this.transOpen, "no open transaction");
+    // sorted copies; the cached entries stay dirty (and readable) until the commit settles
+    const items = this.items.beginCommit();
     // items recorded while no transaction was open carry an older seq: never below this txn's
     for (const it of items) it.seq = Math.max(it.seq, lt.getTransSeq);
-    const taken = this.dirty;
-    this.dirty = new Map();
+    this.recordSeq = lt.getTransSeq + 1;
     try {
       await btreeInsertList(w, lt.itemRoot, items);
       const starts = new Map(items.map((it) => [lockStartFor(it.key).toString("hex"), lockStartFor(it.key)]));
@@ -163,15 +225,22 @@ export class MountClient {
     } catch (e) {
       // nothing was committed: the items stay dirty for the next attempt
       w.abandon();
-      for (const [k, v] of taken) if (!this.dirty.has(k)) this.dirty.set(k, v);
-      this.txn = null;
-      await this.openTrans();
+      this.items.endCommit(false);
+      this.transOpen = false;
+      this.counters.inc("trans_commit_failed");
+      // the server still has this transaction open (a resent GET_LOG_TREES returns it)
+      await this.openTrans().catch(() => undefined);
       throw e;
     }
+    this.transOpen = false;
     w.markClean();
+    this.items.endCommit(true);
     this.locks.transCommitted(lt.getTransSeq);
     this.counters.inc("trans_commit");
-    await this.openTrans();
+    // if this fails the next commit opens the transaction first (records need none open)
+    await this.openTrans().catch((e: unknown) => {
+      this.env.logger.log("warn", `opening the next transaction failed: ${String(e)}`);
+    });
   }
 
   /** The last committed roots, from the server. */
@@ -181,12 +250,185 @@ export class MountClient {
 
   /** The current value of key: this mount's dirty version, else the committed forest's. */
   async lookup(key: Buffer): Promise<Buffer | null> {
-    const d = this.dirty.get(key.toString("hex"));
+    const d = this.items.getDirty(key);
     if (d) return (d.flags & ITEM_DELETION) !== 0 ? null : Buffer.from(d.val);
+    // a key not dirty now was committed (if ever written here) before the roots are fetched
+    return this.readForest((roots) => forestLookup(this.cache, roots, key, this.counters));
+  }
+
+  /**
+   * The current value of key under `held`, a READ or WRITE lock the caller holds whose range
+   * covers key: served from the item cache, which a miss fills from the forest.
+   */
+  async lookupLocked(held: HeldLock, key: Buffer): Promise<Buffer | null> {
+    this.checkReadable(held, key, key);
+    for (let tries = 0; tries < ITEM_CACHE_FILL_RETRIES; tries++) {
+      const got = this.items.get(key);
+      if (got.kind === "hit") return Buffer.from(got.val);
+      if (got.kind === "negative") return null;
+      await this.fillForward(key, held.range.end);
+    }
+    // fills kept racing with commits, invalidations or evictions: read without caching
+    return this.lookup(key);
+  }
+
+  /** The first current item with key <= its key <= end (default: the lock's end), cached. */
+  async nextLocked(held: HeldLock, key: Buffer, end: Buffer = held.range.end):
+    Promise<KeyVal | null> {
+    if (compareKeys(key, end) > 0) {
+      // stepping past the end of the range (keyInc of the last item) finds nothing
+      this.checkReadable(held, end, end);
+      return null;
+    }
+    this.checkReadable(held, key, end);
+    let p = key;
+    let lastMiss: Buffer | null = null;
+    for (let races = 0; races < ITEM_CACHE_FILL_RETRIES;) {
+      const s = this.items.next(p, end);
+      if (s.kind === "hit") return copyKeyVal(s.item);
+      if (s.kind === "none") return null;
+      // missing again where we just filled: the fill was evicted or dropped meanwhile
+      if (lastMiss !== null && s.at.equals(lastMiss)) races++;
+      if (!(await this.fillForward(s.at, end))) races++;
+      lastMiss = s.at;
+      p = s.at;
+    }
+    return this.next(p, end);
+  }
+
+  /** The last current item with start <= its key <= key (default: the lock's start), cached. */
+  async prevLocked(held: HeldLock, key: Buffer, start: Buffer = held.range.start):
+    Promise<KeyVal | null> {
+    if (compareKeys(key, start) < 0) {
+      this.checkReadable(held, start, start);
+      return null;
+    }
+    this.checkReadable(held, start, key);
+    let p = key;
+    let lastMiss: Buffer | null = null;
+    for (let races = 0; races < ITEM_CACHE_FILL_RETRIES;) {
+      const s = this.items.prev(p, start);
+      if (s.kind === "hit") return copyKeyVal(s.item);
+      if (s.kind === "none") return null;
+      if (lastMiss !== null && s.at.equals(lastMiss)) races++;
+      if (!(await this.fillBackward(start, s.at))) races++;
+      lastMiss = s.at;
+      p = s.at;
+    }
+    return this.prev(p, start);
+  }
+
+  /** Up to `limit` current items of [start, end] in key order, under `held` (cached). */
+  async rangeLocked(held: HeldLock, start: Buffer, end: Buffer, limit: number):
+    Promise<KeyVal[]> {
+    assert(Number.isSafeInteger(limit) && limit > 0, `range limit ${limit}`);
+    const out: KeyVal[] = [];
+    let p = start;
+    while (out.length < limit) {
+      const it = await this.nextLocked(held, p, end);
+      if (it === null) break;
+      out.push(it);
+      if (compareKeys(it.key, end) >= 0) break;
+      p = keyInc(it.key);
+    }
+    return out;
+  }
+
+  /**
+   * The first current item with key <= its key <= end, without a lock: the forest merged
+   * with this mount's dirty items, nothing cached. Not coherent with other mounts' uncommitted
+   * writes (that is what locks are for).
+   */
+  async next(key: Buffer, end: Buffer = MAX_KEY): Promise<KeyVal | null> {
+    let p = key;
+    let f: Item | null | undefined;
+    for (let races = 0; races <= UNLOCKED_READ_RETRIES;) {
+      if (compareKeys(p, end) > 0) return null;
+      if (f === undefined) {
+        const commits = this.items.commits;
+        const from = p;
+        f = await this.readForest((roots) => forestNext(this.cache, roots, from, end,
+          this.counters));
+        // a commit settled meanwhile: its items left the dirty set, maybe after our roots
+        if (this.items.commits !== commits) {
+          f = undefined;
+          races++;
+          continue;
+        }
+      }
+      const d = this.items.nextDirty(p, f === null ? end : f.key);
+      if (d === undefined) return f === null ? null : copyKeyVal(f);
+      if ((d.flags & ITEM_DELETION) === 0) return copyKeyVal(d);
+      if (d.key.equals(MAX_KEY)) return null;
+      // a dirty deletion: look past it; it hides the forest's item of the same key
+      p = keyInc(d.key);
+      if (f !== null && compareKeys(f.key, d.key) <= 0) f = undefined;
+    }
+    throw new FsError("EAGAIN", "lock-less read kept racing with commits");
+  }
+
+  /** The last current item with start <= its key <= key, without a lock (see next). */
+  async prev(key: Buffer, start: Buffer = MIN_KEY): Promise<KeyVal | null> {
+    let p = key;
+    let f: Item | null | undefined;
+    for (let races = 0; races <= UNLOCKED_READ_RETRIES;) {
+      if (compareKeys(p, start) < 0) return null;
+      if (f === undefined) {
+        const commits = this.items.commits;
+        const from = p;
+        f = await this.readForest((roots) => forestPrev(this.cache, roots, from, start,
+          this.counters));
+        if (this.items.commits !== commits) {
+          f = undefined;
+          races++;
+          continue;
+        }
+      }
+      const d = this.items.prevDirty(p, f === null ? start : f.key);
+      if (d === undefined) return f === null ? null : copyKeyVal(f);
+      if ((d.flags & ITEM_DELETION) === 0) return copyKeyVal(d);
+      if (d.key.equals(MIN_KEY)) return null;
+      p = keyDec(d.key);
+      if (f !== null && compareKeys(f.key, d.key) >= 0) f = undefined;
+    }
+    throw new FsError("EAGAIN", "lock-less read kept racing with commits");
+  }
+
+  /** A read under a held lock may use the cache: READ or WRITE, covering [start, end]. */
+  private checkReadable(held: HeldLock, start: Buffer, end: Buffer): void {
+    assert(held.mode === LockMode.READ || held.mode === LockMode.WRITE,
+      `cached read under a ${lockModeName(held.mode)} lock`);
+    assert(compareKeys(start, end) <= 0 && rangeContainsKey(held.range, start) &&
+      rangeContainsKey(held.range, end), "cached read outside the held lock's range");
+    const granted = this.locks.grantedModeAt(start);
+    assert(granted === LockMode.READ || granted === LockMode.WRITE,
+      `cached read under a lock granted ${lockModeName(granted)}`);
+  }
+
+  /** Fills the cache from key toward end, up to the next complete range; false if raced. */
+  private async fillForward(key: Buffer, end: Buffer): Promise<boolean> {
+    const gen = this.items.gen;
+    const stop = this.items.fillEnd(key, end);
+    const r = await this.readForest((roots) => forestRange(this.cache, roots, key, stop,
+      ITEM_CACHE_FILL_ITEMS, { counters: this.counters }));
+    return this.items.fill(key, r.end, r.items, gen);
+  }
+
+  /** Fills the cache from key back toward start, down to the previous complete range. */
+  private async fillBackward(start: Buffer, key: Buffer): Promise<boolean> {
+    const gen = this.items.gen;
+    const from = this.items.fillStart(key, start);
+    const r = await this.readForest((roots) => forestRangeBack(this.cache, roots, from, key,
+      ITEM_CACHE_FILL_ITEMS, { counters: this.counters }));
+    return this.items.fill(r.start, key, r.items, gen);
+  }
+
+  /** Runs a forest read with the last committed roots, refetching them on ESTALE. */
+  private readForest<T>(op: (roots: ForestRoots) => Promise<T>): Promise<T> {
     return withStaleRetry(this.counters, () => this.getRoots(),
       (a, b) => a.fsRoot.ref.seq === b.fsRoot.ref.seq && a.logsRoot.ref.seq === b.logsRoot.ref.seq &&
         a.fsRoot.ref.blkno === b.fsRoot.ref.blkno && a.logsRoot.ref.blkno === b.logsRoot.ref.blkno,
-      (roots) => forestLookup(this.cache, roots, key, this.counters));
+      op);
   }
 
   /** Inode numbers from the server: [ino, ino + nr). */
@@ -199,9 +441,15 @@ export class MountClient {
 
   /** Commits what is dirty, says farewell and disconnects. */
   async unmount(): Promise<void> {
-    if (this.dirty.size > 0) await this.commit();
+    await this.mergeWorker?.stop(); // before the farewell: its request is answered or failed
+    if (this.items.dirtyCount > 0) await this.commit();
     this.locks.shutdown();
     await this.net.farewell();
     this.net.shutdown();
   }
+}
+
+/** A caller's own copy of a cached or read item (the cache keeps its buffers). */
+function copyKeyVal(it: KeyVal): KeyVal {
+  return { key: Buffer.from(it.key), val: Buffer.from(it.val) };
 }

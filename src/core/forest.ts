@@ -11,17 +11,31 @@
  *
  * The bloom block: header, total_set u64, then NBITS bits; three bit positions are 19-bit
  * slices of the key's FNV-1a 64 hash, modulo NBITS.
+ *
+ * Range reads (forestRange, forestRangeBack, forestNext, forestPrev) feed the item cache and
+ * iteration: each tree is read up to a bounded number of items from the starting key, and
+ * the result only claims the part of the range that *every* tree was read through (the
+ * intersection of what was read, as upstream clamps to the leaves it read), so a caller may
+ * record that part as completely known, absent keys included.
+ *
+ * Readers are handed committed roots (GET_ROOTS): the blocks they reach are never modified
+ * under the same (blkno, seq), which is what lets the decoded list of log trees be memoized
+ * per logs_root ref (forestLogTrees) instead of re-read for every lookup. Writers with dirty
+ * roots (the server) use listLogTrees, which always reads.
  */
 import { assert } from "../util/assert.js";
 import type { BlockCache, MetaTxn } from "./block.js";
 import { registerBlockValidator } from "./block.js";
-import { btreeIterate, btreeLookup, type Item, ITEM_DELETION } from "./btree.js";
+import { btreeFindLeaf, btreeIterate, btreeLookup, type Item, ITEM_DELETION } from "./btree.js";
+import { cmpKeyAt, itemAt, lowerBound, nrItems } from "./btree_block.js";
 import {
   BLOCK_HEADER_SIZE, type BlockRef, type BtreeRoot, corrupt, Magic, META_BLOCK_SIZE, readU64,
   writeU64,
 } from "./format.js";
 import { decodeLogTrees, type LogTrees } from "./format_log.js";
-import { KEY_SIZE, makeKey, U64_MAX, Zone } from "./key.js";
+import {
+  compareKeys, KEY_SIZE, keyDec, keyInc, makeKey, MAX_KEY, MIN_KEY, U64_MAX, Zone,
+} from "./key.js";
 
 const BLOOM_TOTAL_OFF = BLOCK_HEADER_SIZE;
 const BLOOM_BITS_OFF = BLOCK_HEADER_SIZE + 8;
@@ -68,15 +82,16 @@ export function lockStartFor(key: Buffer): Buffer {
   return makeKey(key[0]!, 0n, 0);
 }
 
+/** Set bits per byte value (validating a bloom block counts 512 Ki bits). */
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, v) => {
+  let n = 0;
+  for (let x = v; x; x >>= 1) n += x & 1;
+  return n;
+});
+
 function validateBloom(b: Buffer): void {
   let set = 0;
-  for (let i = BLOOM_BITS_OFF; i < META_BLOCK_SIZE; i++) {
-    let v = b[i]!;
-    while (v) {
-      set += v & 1;
-      v >>= 1;
-    }
-  }
+  for (let i = BLOOM_BITS_OFF; i < META_BLOCK_SIZE; i++) set += POPCOUNT[b[i]!]!;
   if (readU64(b, BLOOM_TOTAL_OFF) !== set) throw corrupt("bloom block set-bit count");
 }
 registerBlockValidator(Magic.BLOOM, validateBloom);
@@ -131,7 +146,7 @@ export interface ForestRoots {
 export async function forestNewest(cache: BlockCache, roots: ForestRoots, key: Buffer,
   counters?: { inc(name: string): void }): Promise<Item | null> {
   let best = await btreeLookup(cache, roots.fsRoot, key);
-  for (const lt of await listLogTrees(cache, roots.logsRoot)) {
+  for (const lt of await forestLogTrees(cache, roots.logsRoot, counters)) {
     if (lt.itemRoot.height === 0) continue;
     if (!(await bloomMayContain(cache, lt.bloomRef, key))) {
       counters?.inc("forest_bloom_skip");
@@ -149,4 +164,216 @@ export async function forestLookup(cache: BlockCache, roots: ForestRoots, key: B
   counters?: { inc(name: string): void }): Promise<Buffer | null> {
   const it = await forestNewest(cache, roots, key, counters);
   return it && (it.flags & ITEM_DELETION) === 0 ? it.val : null;
+}
+
+// ---------------------------------------------------------------------------------------
+// The log trees of a committed logs_root, memoized.
+
+/** Decoded logs_root versions kept per block cache (a mount sees one or two at a time). */
+export const LOG_TREES_MEMO_MAX = 16;
+const logTreesMemo = new WeakMap<BlockCache, Map<string, readonly LogTrees[]>>();
+
+/**
+ * Every log_trees item of a *committed* logs_root, decoded once per root ref: a committed
+ * block never changes under its (blkno, seq), and a stale memo can only name item roots whose
+ * blocks were reused, which reads detect (ESTALE) and the caller's retry replaces the roots.
+ * The returned list and its structs are shared: callers must not modify them.
+ */
+export async function forestLogTrees(cache: BlockCache, logsRoot: BtreeRoot,
+  counters?: { inc(name: string): void }): Promise<readonly LogTrees[]> {
+  if (logsRoot.height === 0) return [];
+  const id = `${logsRoot.ref.blkno}.${logsRoot.ref.seq}.${logsRoot.height}`;
+  let memo = logTreesMemo.get(cache);
+  if (memo === undefined) {
+    memo = new Map();
+    logTreesMemo.set(cache, memo);
+  }
+  const hit = memo.get(id);
+  if (hit !== undefined) {
+    // most recently used last: the oldest entry is the first one dropped
+    memo.delete(id);
+    memo.set(id, hit);
+    counters?.inc("forest_log_trees_memo_hit");
+    return hit;
+  }
+  counters?.inc("forest_log_trees_memo_miss");
+  const list: readonly LogTrees[] = Object.freeze(await listLogTrees(cache, logsRoot));
+  // another reader may have decoded the same root meanwhile: both lists are equal
+  memo.set(id, list);
+  while (memo.size > LOG_TREES_MEMO_MAX) memo.delete(memo.keys().next().value!);
+  return list;
+}
+
+// ---------------------------------------------------------------------------------------
+// Range reads.
+
+type CounterSink = { inc(name: string): void };
+
+export interface ForestRangeOptions {
+  counters?: CounterSink;
+  /** Report keys whose newest version is a tombstone (as DELETION items); default hidden. */
+  tombstones?: boolean;
+}
+
+/** Items read from one tree and how far (toward the read's direction) the tree was read. */
+interface TreeRead {
+  items: Item[];
+  /** Every item of the tree between the read's first key and reach was read. */
+  reach: Buffer;
+}
+
+/** Up to `limit` items of [start, end] in key order. */
+async function readTreeForward(cache: BlockCache, root: BtreeRoot, start: Buffer, end: Buffer,
+  limit: number): Promise<TreeRead> {
+  const items: Item[] = [];
+  await btreeIterate(cache, root, start, end, (it) => {
+    items.push(it);
+    return items.length < limit;
+  });
+  return { items, reach: items.length >= limit ? items[items.length - 1]!.key : end };
+}
+
+/** Up to `limit` items of [start, end], the greatest keys first (returned descending). */
+async function readTreeBackward(cache: BlockCache, root: BtreeRoot, start: Buffer, end: Buffer,
+  limit: number): Promise<TreeRead> {
+  const items: Item[] = [];
+  let k = end;
+  for (;;) {
+    const leaf = await btreeFindLeaf(cache, root, k);
+    if (leaf === null) return { items, reach: start };
+    let i = lowerBound(leaf.buf, k);
+    if (i < nrItems(leaf.buf) && cmpKeyAt(leaf.buf, i, k) === 0) i++;
+    for (i--; i >= 0; i--) {
+      if (cmpKeyAt(leaf.buf, i, start) < 0) return { items, reach: start };
+      items.push(itemAt(leaf.buf, i));
+      if (items.length >= limit) return { items, reach: items[items.length - 1]!.key };
+    }
+    // the previous leaf ends just before this one starts
+    if (compareKeys(leaf.start, start) <= 0) return { items, reach: start };
+    k = keyDec(leaf.start);
+  }
+}
+
+/**
+ * The item roots a read of [start, end] must visit: fs_root and every log tree, skipping
+ * those whose bloom rules out the range. The bloom is keyed by lock range starts, so it can
+ * only prune a range that lies inside one lock's range.
+ */
+async function rangeTrees(cache: BlockCache, roots: ForestRoots, start: Buffer, end: Buffer,
+  counters?: CounterSink): Promise<BtreeRoot[]> {
+  const out: BtreeRoot[] = [roots.fsRoot];
+  const oneLock = lockStartFor(start).equals(lockStartFor(end));
+  for (const lt of await forestLogTrees(cache, roots.logsRoot, counters)) {
+    if (lt.itemRoot.height === 0) continue;
+    if (oneLock && !(await bloomMayContain(cache, lt.bloomRef, start))) {
+      counters?.inc("forest_bloom_skip");
+      continue;
+    }
+    counters?.inc("forest_read_log_tree");
+    out.push(lt.itemRoot);
+  }
+  return out;
+}
+
+/**
+ * The newest version of each key among sorted runs (earlier runs win seq ties, as fs_root
+ * does in forestNewest), in key order.
+ */
+function newestPerKey(runs: Item[][]): Item[] {
+  const all: { it: Item; run: number }[] = [];
+  runs.forEach((items, run) => { for (const it of items) all.push({ it, run }); });
+  all.sort((a, b) => compareKeys(a.it.key, b.it.key) || b.it.seq - a.it.seq || a.run - b.run);
+  const out: Item[] = [];
+  for (const { it } of all) {
+    const last = out[out.length - 1];
+    if (last === undefined || !last.key.equals(it.key)) out.push(it);
+  }
+  return out;
+}
+
+const isTombstone = (it: Item): boolean => (it.flags & ITEM_DELETION) !== 0;
+
+function checkRangeArgs(start: Buffer, end: Buffer, limit: number): void {
+  assert(start.length === KEY_SIZE && end.length === KEY_SIZE, "range key size");
+  assert(compareKeys(start, end) <= 0, "range start after end");
+  assert(Number.isSafeInteger(limit) && limit > 0, `range limit ${limit}`);
+}
+
+/**
+ * The current items of [start, end] in key order, newest version per key across fs_root and
+ * the log trees, tombstones hidden (or reported with opts.tombstones). Reads at most `limit`
+ * items from each tree and returns at most `limit` items; `end` of the result is the last
+ * key it describes completely: every current item in [start, result.end] is in `items`, and
+ * keys in that range not in `items` are absent. result.end is the requested end when the
+ * whole range was read.
+ */
+export async function forestRange(cache: BlockCache, roots: ForestRoots, start: Buffer,
+  end: Buffer, limit: number, opts: ForestRangeOptions = {}):
+  Promise<{ items: Item[]; end: Buffer }> {
+  checkRangeArgs(start, end, limit);
+  const trees = await rangeTrees(cache, roots, start, end, opts.counters);
+  const reads: TreeRead[] = [];
+  for (const root of trees) reads.push(await readTreeForward(cache, root, start, end, limit));
+  let stop = end;
+  for (const r of reads) if (compareKeys(r.reach, stop) < 0) stop = r.reach;
+  const runs = reads.map((r) => r.items.filter((it) => compareKeys(it.key, stop) <= 0));
+  let items = newestPerKey(runs);
+  if (opts.tombstones !== true) items = items.filter((it) => !isTombstone(it));
+  if (items.length > limit) {
+    items = items.slice(0, limit);
+    stop = items[limit - 1]!.key;
+  }
+  return { items, end: stop };
+}
+
+/**
+ * forestRange read from the end backwards: at most `limit` items, the greatest keys of
+ * [start, end], returned in key order with `start`, the first key the result describes
+ * completely (every current item in [result.start, end] is in `items`).
+ */
+export async function forestRangeBack(cache: BlockCache, roots: ForestRoots, start: Buffer,
+  end: Buffer, limit: number, opts: ForestRangeOptions = {}):
+  Promise<{ items: Item[]; start: Buffer }> {
+  checkRangeArgs(start, end, limit);
+  const trees = await rangeTrees(cache, roots, start, end, opts.counters);
+  const reads: TreeRead[] = [];
+  for (const root of trees) reads.push(await readTreeBackward(cache, root, start, end, limit));
+  let stop = start;
+  for (const r of reads) if (compareKeys(r.reach, stop) > 0) stop = r.reach;
+  const runs = reads.map((r) => r.items.filter((it) => compareKeys(it.key, stop) >= 0).reverse());
+  let items = newestPerKey(runs);
+  if (opts.tombstones !== true) items = items.filter((it) => !isTombstone(it));
+  if (items.length > limit) {
+    items = items.slice(items.length - limit);
+    stop = items[0]!.key;
+  }
+  return { items, start: stop };
+}
+
+/** Items read per tree by each step of forestNext/forestPrev (they step over tombstones). */
+export const FOREST_STEP_ITEMS = 16;
+
+/** The first current item with key <= its key <= end, or null. */
+export async function forestNext(cache: BlockCache, roots: ForestRoots, key: Buffer,
+  end: Buffer = MAX_KEY, counters?: CounterSink): Promise<Item | null> {
+  let k = key;
+  for (;;) {
+    const r = await forestRange(cache, roots, k, end, FOREST_STEP_ITEMS, { counters });
+    if (r.items.length > 0) return r.items[0]!;
+    // each step reads through at least k, so this ends
+    if (compareKeys(r.end, end) >= 0) return null;
+    k = keyInc(r.end);
+  }
+}
+
+/** The last current item with start <= its key <= key, or null. */
+export async function forestPrev(cache: BlockCache, roots: ForestRoots, key: Buffer,
+  start: Buffer = MIN_KEY, counters?: CounterSink): Promise<Item | null> {
+  let k = key;
+  for (;;) {
+    const r = await forestRangeBack(cache, roots, start, k, FOREST_STEP_ITEMS, { counters });
+    if (r.items.length > 0) return r.items[r.items.length - 1]!;
+    if (compareKeys(r.start, start) <= 0) return null;
+    k = keyDec(r.start);
+  }
 }

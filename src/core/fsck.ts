@@ -36,7 +36,7 @@ import {
 } from "./key.js";
 import { ROOT_INO } from "./mkfs.js";
 import { checkDataDevice, readSuperFrom } from "./volume.js";
-import { decodeLogTrees, type LogTrees } from "./format_log.js";
+import { decodeLogMergeRequest, decodeLogTrees, type LogTrees } from "./format_log.js";
 import "./forest.js"; // registers the bloom block validator
 
 export interface FsckReport {
@@ -258,6 +258,21 @@ async function checkLogTrees(c: Checker, logsRoot: BtreeRoot): Promise<void> {
   }
 }
 
+/** The log_merge btree: a merge request owns the alloc list it gave its mount. */
+async function checkLogMerge(c: Checker, root: BtreeRoot): Promise<void> {
+  const requests: Buffer[] = [];
+  await checkTree(c, "log_merge", root, (k, v) => {
+    if (keyZone(k) === Zone.LOG_MERGE_REQUEST) requests.push(v);
+  });
+  for (const v of requests) {
+    await c.guard("log_merge request", async () => {
+      const r = decodeLogMergeRequest(v);
+      const name = `log merge request ${r.rid.toString(16)}.${r.seq} meta_avail`;
+      await checkList(c, name, r.metaAvail);
+    });
+  }
+}
+
 export async function fsckVolume(meta: BlockDevice, data: BlockDevice | null):
   Promise<FsckReport> {
   const sb = await readSuperFrom(meta, true);
@@ -278,7 +293,8 @@ export async function fsckVolume(meta: BlockDevice, data: BlockDevice | null):
     if (!(await btreeLookup(cache, sb.fsRoot, inodeKey(ROOT_INO)))) c.problem("root inode missing");
   });
   await checkLogTrees(c, sb.logsRoot);
-  for (const [name, root] of [["log_merge", sb.logMerge],
+  await checkLogMerge(c, sb.logMerge);
+  for (const [name, root] of [
     ["mounted_clients", sb.mountedClients], ["srch_root", sb.srchRoot]] as const) {
     await checkTree(c, name, root);
   }

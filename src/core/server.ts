@@ -23,19 +23,22 @@ import { FsError } from "../util/errno.js";
 import {
   allocExtent, drainList, type Extent, freeExtent, listExtents, prependListBlocks,
 } from "./alloc.js";
-import { btreeDelete, btreeForce, btreeFree, btreeLookup, btreePrev } from "./btree.js";
+import { btreeDelete, btreeForce, btreeFree, btreeLookup } from "./btree.js";
 import { type BtreeRoot, BTREE_ROOT_SIZE, readBtreeRoot, writeBtreeRoot } from "./format.js";
 import {
   decodeLogTrees, emptyLogTrees, encodeLogTrees, encodeMountedClient, LOG_TREES_FLAG_FINALIZED,
   type LogTrees, MOUNTED_CLIENT_FLAG_QUORUM,
 } from "./format_log.js";
-import { keyFirst, logTreesKey, mountedClientKey, U64_MAX, Zone } from "./key.js";
+import { logTreesKey, mountedClientKey, U64_MAX } from "./key.js";
 import { type Greeting, GreetingFlag, NetCmd } from "./msg.js";
-import { NetServer } from "./net.js";
+import { NetServer, type NetTuning } from "./net.js";
 import type { Volume, VolumeTxn } from "./volume.js";
 import { LogMerger } from "./server_merge.js";
 import { LockServer } from "./lock_server.js";
 import { listLogTrees } from "./forest.js";
+import {
+  ClientRecovery, CLIENT_RECOVERY_TIMEOUT_MS, currentLogTrees, type FenceReason, mountedRids,
+} from "./server_recovery.js";
 
 export interface ServerOptions {
   fsid: bigint;
@@ -46,6 +49,17 @@ export interface ServerOptions {
   clientMetaAvailTarget?: number;
   /** Data blocks a mount's data_avail is refilled to when it falls below a quarter. */
   clientDataAvailTarget?: number;
+  /**
+   * Fences a mount that vanished without a farewell (server_recovery.ts): resolves once it
+   * can no longer write. Without one, such mounts are never reclaimed (tests of one server).
+   */
+  fenceClient?: (rid: bigint, reason: FenceReason) => Promise<void>;
+  /** How long previously mounted clients have to reconnect after a failover. */
+  recoveryTimeoutMs?: number;
+  /** The server stopped on a persistent error (the quorum agent must resign). */
+  onFatal?: (e: unknown) => void;
+  /** Messaging timeouts (tests shorten the reconnect timeout). */
+  netTuning?: Partial<NetTuning>;
 }
 
 export const DEFAULT_CLIENT_META_AVAIL = 2048;
@@ -72,7 +86,8 @@ export class Server {
   private readonly metaTarget: number;
   private readonly dataTarget: number;
   readonly merger: LogMerger;
-  readonly locks: LockServer;
+  private lockServer: LockServer | null = null;
+  readonly recovery: ClientRecovery;
 
   constructor(readonly env: Env, readonly vol: Volume, readonly counters: Counters,
     readonly opts: ServerOptions) {
@@ -83,15 +98,20 @@ export class Server {
       fsid: opts.fsid, fmtVers: opts.fmtVers, serverTerm: opts.term,
       onGreeting: (g) => this.onGreeting(g),
       onFarewell: (rid) => {
-        this.locks.removeClient(rid);
+        this.lockServer?.removeClient(rid);
         void this.forget(rid).catch(() => undefined);
       },
+      onClientTimeout: (rid) => { this.clientLost(rid); },
+      tuning: opts.netTuning,
       name: "server",
     });
-    this.locks = new LockServer({
-      env, counters, nextSeq: () => this.nextSeq(),
-      sendToClient: (rid, cmd, payload) => this.net.request(rid, cmd, payload),
-      name: "server locks",
+    this.recovery = new ClientRecovery({
+      env, counters, hold: (fn) => this.hold(fn),
+      fence: (rid, reason) => opts.fenceClient!(rid, reason),
+      removeLocks: (rid) => { this.lockServer?.removeClient(rid); },
+      requestMerge: () => { this.requestMerge(); },
+      onFatal: (e) => { this.fatal(e); },
+      stopped: () => this.stopped,
     });
     this.register();
     this.merger = new LogMerger({
@@ -105,6 +125,10 @@ export class Server {
       onError: (e) => {
         if (!this.stopped) this.env.logger.log("warn", `log merge round failed: ${String(e)}`);
       },
+      stableSuper: () => this.vol.sb,
+      cache: this.vol.cache,
+      connectedClients: () => this.net.clientRids().length,
+      stopped: () => this.stopped,
     });
   }
 
@@ -120,17 +144,52 @@ export class Server {
     this.merger.request();
   }
 
-  /** Restores the seq counter past every seq already used by a mount, then listens. */
+  /** The lock service (created by start(), in recovery of the previous server's mounts). */
+  get locks(): LockServer {
+    assert(this.lockServer, "server not started");
+    return this.lockServer;
+  }
+
+  /**
+   * Restores the seq counter past every seq already used by a mount, starts the lock server
+   * in recovery of the mounts the previous server had (mounted_clients) and the timer that
+   * fences those that do not come back, then listens.
+   */
   async start(addr: NetAddr): Promise<NetAddr> {
     for (const lt of await listLogTrees(this.vol.cache, this.vol.sb.logsRoot)) {
       this.seq = Math.max(this.seq, lt.getTransSeq, lt.maxItemSeq);
     }
+    const rids = await mountedRids(this.vol.cache, this.vol.sb.mountedClients);
+    this.lockServer = new LockServer({
+      env: this.env, counters: this.counters, nextSeq: () => this.nextSeq(),
+      sendToClient: (rid, cmd, payload) => this.net.request(rid, cmd, payload),
+      recoverRids: rids,
+      onRecovered: (maxWriteSeq) => { this.seq = Math.max(this.seq, maxWriteSeq); },
+      name: "server locks",
+    });
+    if (this.opts.fenceClient) {
+      this.recovery.start(rids, this.opts.recoveryTimeoutMs ?? CLIENT_RECOVERY_TIMEOUT_MS);
+    }
     return this.net.listen(addr);
+  }
+
+  /** A client's connection broke and it did not come back in time: fence and reclaim it. */
+  private clientLost(rid: bigint): void {
+    if (this.stopped || !this.opts.fenceClient) return;
+    void this.recovery.fenceAndReclaim(rid, "client_reconnect");
+  }
+
+  /** A persistent error: stop serving so that another leader is elected. */
+  private fatal(e: unknown): void {
+    if (this.stopped) return;
+    this.env.logger.log("error", `server stopping on error: ${String(e)}`);
+    void this.stop().finally(() => { this.opts.onFatal?.(e); });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.locks.shutdown();
+    this.recovery.stop();
+    this.lockServer?.shutdown();
     this.net.shutdown();
     while (this.committing) await new Promise<void>((r) => { this.env.timers.after(1, r); });
   }
@@ -148,6 +207,8 @@ export class Server {
     this.net.register(NetCmd.LOCK, (p, peer) => this.locks.handleRequest(peer.rid, p));
     this.net.register(NetCmd.GET_LAST_SEQ, () => this.getLastSeq());
     this.net.register(NetCmd.STATFS, () => this.statfs());
+    this.net.register(NetCmd.GET_LOG_MERGE, (p, peer) => this.merger.getLogMerge(p, peer.rid));
+    this.net.register(NetCmd.COMMIT_LOG_MERGE, (p, peer) => this.merger.commitLogMerge(p, peer.rid));
     this.net.register(NetCmd.FAREWELL, async (_p, peer) => {
       await this.forget(peer.rid);
       return Buffer.alloc(0);
@@ -210,8 +271,17 @@ export class Server {
   // Handlers.
 
   private async onGreeting(g: Greeting): Promise<void> {
+    const rid = g.rid.toString(16);
+    if (this.recovery.isFenced(g.rid)) throw new FsError("ENOLINK", `rid ${rid} was fenced`);
+    const known = await btreeLookup(this.vol.cache, this.vol.sb.mountedClients, mountedClientKey(g.rid));
+    if (g.serverTerm !== 0 && g.serverTerm !== this.opts.term && !known) {
+      // mounted under an earlier server, and reclaimed since: its state is gone
+      throw new FsError("ENOLINK", `rid ${rid} was reclaimed`);
+    }
+    this.recovery.greeted(g.rid);
     // the lock server may talk to the mount once its connection is admitted (after this)
-    this.env.timers.after(0, () => { this.locks.clientGreeted(g.rid); });
+    this.env.timers.after(0, () => { this.lockServer?.clientGreeted(g.rid); });
+    if (known) return; // a reconnect: the item is already durable
     await this.hold(async (t) => {
       const flags = (g.flags & GreetingFlag.QUORUM) !== 0 ? MOUNTED_CLIENT_FLAG_QUORUM : 0;
       await btreeForce(t.w, t.sb.mountedClients, mountedClientKey(g.rid),
@@ -243,11 +313,9 @@ export class Server {
   }
 
   /** The mount's newest log_trees item, if any. */
-  private async currentLogTrees(root: BtreeRoot, rid: bigint, cache: Volume["cache"]):
+  private currentLogTrees(root: BtreeRoot, rid: bigint, cache: Volume["cache"]):
     Promise<LogTrees | null> {
-    const it = await btreePrev(cache, root, logTreesKey(rid, U64_MAX));
-    if (!it || keyFirst(it.key) !== rid || it.key[0] !== Zone.LOG_TREES) return null;
-    return decodeLogTrees(it.val);
+    return currentLogTrees(cache, root, rid);
   }
 
   private async getLogTrees(rid: bigint): Promise<Buffer> {

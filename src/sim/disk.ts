@@ -495,17 +495,25 @@ function readRange(map: SectorMap, sectorBytes: number, offset: number, buf: Buf
   }
 }
 
-/** Stores data at offset, replacing each touched sector with a fresh (never shared) copy. */
+/**
+ * Stores data (a private copy, never modified) at offset: each touched sector is replaced, by a
+ * view of data when data covers it whole, else by a fresh copy merged with the old bytes.
+ */
 function writeRange(map: SectorMap, sectorBytes: number, offset: number, data: Buffer): void {
   const [first, last] = sectorSpan(sectorBytes, offset, data.length);
   for (let idx = first; idx <= last; idx++) {
     const sectorStart = idx * sectorBytes;
     const from = Math.max(offset, sectorStart);
     const to = Math.min(offset + data.length, sectorStart + sectorBytes);
-    const old = map.get(idx);
     const whole = from === sectorStart && to === sectorStart + sectorBytes;
+    if (whole) {
+      // data is a private copy nobody modifies: whole sectors can be views of it
+      map.set(idx, data.subarray(from - offset, to - offset));
+      continue;
+    }
     // Partly covered sectors keep their old bytes; new sectors start zero-filled.
-    const sector = old && !whole ? Buffer.from(old) : Buffer.alloc(sectorBytes);
+    const old = map.get(idx);
+    const sector = old ? Buffer.from(old) : Buffer.alloc(sectorBytes);
     data.copy(sector, from - sectorStart, from - offset, to - offset);
     map.set(idx, sector);
   }

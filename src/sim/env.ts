@@ -299,6 +299,44 @@ export class SimNode {
     return this.network.alive;
   }
 
+  /** Virtual ms until which the process is paused (SIGSTOP): 0 when running. */
+  pausedUntilMs = 0;
+
+  get paused(): boolean {
+    return this.world.nowMs() < this.pausedUntilMs;
+  }
+
+  /**
+   * Stops the process for `ms` (SIGSTOP, a long GC or VM pause, then SIGCONT): its timers and
+   * the completions of its device I/O are held until then, and the host is isolated from the
+   * network meanwhile (its peers hear nothing; what they send is lost, as with a full socket
+   * buffer). When the pause ends the isolation is lifted (and with it any other block that
+   * involved this host).
+   */
+  pause(ms: number): void {
+    assert(Number.isFinite(ms) && ms > 0, `pause ${ms} ms`);
+    if (!this.alive) return;
+    const until = Math.max(this.pausedUntilMs, this.world.nowMs() + ms);
+    this.pausedUntilMs = until;
+    this.world.record("world", "warn", `pause node ${this.name} for ${ms} ms`);
+    this.world.net.isolate(this.addr);
+    this.world.scheduler.after(until - this.world.nowMs(), () => {
+      if (!this.alive || this.pausedUntilMs !== until) return;
+      this.pausedUntilMs = 0;
+      this.world.net.unisolate(this.addr);
+      this.world.record("world", "warn", `resume node ${this.name}`);
+    }, `resume ${this.name}`);
+  }
+
+  /** Resolves once the process is not paused. */
+  async whenRunning(): Promise<void> {
+    while (this.alive && this.paused) {
+      await new Promise<void>((r) => {
+        this.world.scheduler.after(this.pausedUntilMs - this.world.nowMs(), r, `paused ${this.name}`);
+      });
+    }
+  }
+
   /** Timers of this node pending now. */
   get pendingTimers(): number {
     return this.timers.pending;
@@ -347,12 +385,27 @@ class NodeTimers implements Timers {
     if (!this.node.alive) return { id: 0 }; // a dead process's timer never fires
     assert(this.live.size < SIM_MAX_TIMERS_PER_NODE,
       `node ${this.node.name}: more than ${SIM_MAX_TIMERS_PER_NODE} pending timers`);
+    const id = this.schedule(0, delayMs, fn);
+    return { id };
+  }
+
+  /** Schedules fn under a stable id; a paused node's timers fire once it resumes. */
+  private schedule(id: number, delayMs: number, fn: () => void): number {
     const h = this.node.world.scheduler.after(delayMs, () => {
-      this.live.delete(h.id);
-      if (this.node.alive) fn();
+      if (!this.node.alive) {
+        this.live.delete(key);
+        return;
+      }
+      if (this.node.paused) {
+        this.schedule(key, this.node.pausedUntilMs - this.node.world.nowMs(), fn);
+        return;
+      }
+      this.live.delete(key);
+      fn();
     }, `timer ${this.node.name}`);
-    this.live.set(h.id, h);
-    return { id: h.id };
+    const key = id === 0 ? h.id : id;
+    this.live.set(key, h);
+    return key;
   }
 
   clear(h: TimerHandle): void {
@@ -398,7 +451,9 @@ class NodeDevice implements BlockDevice {
 
   private async guard(io: () => Promise<void>): Promise<void> {
     if (!this.node.alive) return never();
+    await this.node.whenRunning();
     await io();
+    await this.node.whenRunning(); // a paused process sees the completion when it resumes
     if (!this.node.alive) return never(); // died while it was in flight: nobody hears back
   }
 }

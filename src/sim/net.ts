@@ -280,6 +280,16 @@ export class SimNetwork {
     this.topologyChanged(`isolate ${addr}`);
   }
 
+  /** Removes every block to or from addr. */
+  unisolate(addr: string): void {
+    for (const other of this.hosts.keys()) {
+      if (other === addr) continue;
+      this.setBlocked(addr, other, false);
+      this.setBlocked(other, addr, false);
+    }
+    this.topologyChanged(`unisolate ${addr}`);
+  }
+
   /** Removes every block. */
   heal(): void {
     this.blocked.clear();

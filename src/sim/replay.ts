@@ -16,6 +16,7 @@
 
 import { SimWorld, TraceRing, type TraceEntry } from "./env.js";
 import { findScenario, listScenarios } from "./scenarios.js";
+import "./cluster.js"; // registers the "cluster" and "cluster-soak" scenarios
 
 /** Trace lines printed after a failure unless --trace says otherwise. */
 export const DEFAULT_FAILURE_TRACE_LINES = 40;

@@ -521,7 +521,7 @@ export class QuorumSimChecker {
 }
 
 /** Passes I/O through and shows every quorum block written to the checker. */
-class QuorumWatchDevice implements BlockDevice {
+export class QuorumWatchDevice implements BlockDevice {
   constructor(private readonly inner: BlockDevice, private readonly fsid: bigint,
     private readonly checker: QuorumSimChecker) {}
 
