@@ -23,7 +23,7 @@
  * lock layer raises it to the lock's write_seq when that is greater), so "newest seq wins"
  * orders versions across mounts' independently committed trees.
  */
-import type { BlockDevice, Env, NetAddr } from "../env/env.js";
+import type { BlockDevice, Env, NetAddr, TimerHandle } from "../env/env.js";
 import { assert } from "../util/assert.js";
 import type { Counters } from "../util/counters.js";
 import { FsError } from "../util/errno.js";
@@ -60,12 +60,20 @@ export interface MountClientOptions {
   totalMetaBlocks: number;
   /** Messaging timeouts (tests shorten them). */
   netTuning?: Partial<NetTuning>;
+  /** The commit timer (default TRANS_SYNC_DELAY_MS). */
+  commitDelayMs?: number;
   /** Every change of a lock's mode at this mount (checkers watch grants). */
   onLockModeChange?: (c: LockModeChange) => void;
 }
 
 /** Dirty items held before a commit is forced (bounds memory and commit size). */
 export const MAX_DIRTY_ITEMS = 100_000;
+/** Dirty items are committed at most this long after the first (upstream TRANS_SYNC_DELAY). */
+export const TRANS_SYNC_DELAY_MS = 10_000;
+/** Metadata blocks a commit may need beyond its items' leaves (paths, bloom, list blocks). */
+export const COMMIT_META_RESERVE = 16;
+/** Dirty items assumed per metadata block written (<= 1 KiB items in half-full 64 KiB leaves). */
+const ITEMS_PER_DIRTY_BLOCK = 32;
 /** Lock-less iteration steps re-read after racing a commit before giving up (EAGAIN). */
 export const UNLOCKED_READ_RETRIES = 16;
 
@@ -95,6 +103,8 @@ export class MountClient {
    * recording anything, and its items would be lost.
    */
   private transOpen = false;
+  private commitTimer: TimerHandle | null = null;
+  private shutDown = false;
 
   constructor(readonly env: Env, readonly meta: BlockDevice, readonly counters: Counters,
     readonly opts: MountClientOptions) {
@@ -191,6 +201,39 @@ export class MountClient {
     }
     it.seq = Math.max(it.seq, this.lt.getTransSeq);
     this.items.put(it);
+    this.commitTriggers();
+  }
+
+  /**
+   * Commit triggers besides sync, invalidation and unmount: a timer armed by the first dirty
+   * item (commits within TRANS_SYNC_DELAY_MS), and allocator pressure: when the mount's
+   * metadata avail list could not hold the blocks the dirty items need, commit now (the next
+   * transaction gets a refilled list) instead of failing the commit later.
+   */
+  private commitTriggers(): void {
+    const dirty = this.items.pendingDirtyCount;
+    if (dirty === 0) return;
+    const avail = this.lt?.metaAvail.totalNr ?? 0;
+    if (this.transOpen && !this.committing &&
+      avail < COMMIT_META_RESERVE + Math.ceil(dirty / ITEMS_PER_DIRTY_BLOCK)) {
+      this.counters.inc("trans_commit_alloc_low");
+      this.kickCommit();
+      return;
+    }
+    if (this.commitTimer) return;
+    this.commitTimer = this.env.timers.after(this.opts.commitDelayMs ?? TRANS_SYNC_DELAY_MS, () => {
+      this.commitTimer = null;
+      this.counters.inc("trans_commit_timer");
+      this.kickCommit();
+    });
+  }
+
+  /** A commit nobody waits for: a failure leaves the items dirty for the next trigger. */
+  private kickCommit(): void {
+    if (this.shutDown) return;
+    this.commit().catch((e: unknown) => {
+      this.env.logger.log("warn", `background commit failed: ${String(e)}`);
+    });
   }
 
   /** Commits the open transaction (concurrent callers share one commit) and opens the next. */
@@ -205,6 +248,17 @@ export class MountClient {
   }
 
   private async commitOnce(): Promise<void> {
+    if (this.commitTimer) this.env.timers.clear(this.commitTimer);
+    this.commitTimer = null;
+    try {
+      await this.commitAndReopen();
+    } finally {
+      // items recorded while it ran, or kept after a failure, are committed by the next trigger
+      if (!this.shutDown) this.commitTriggers();
+    }
+  }
+
+  private async commitAndReopen(): Promise<void> {
     if (!this.transOpen) await this.openTrans(); // the last open after a commit failed
     const lt = this.lt;
     const w = this.txn;
@@ -443,6 +497,9 @@ export class MountClient {
   async unmount(): Promise<void> {
     await this.mergeWorker?.stop(); // before the farewell: its request is answered or failed
     if (this.items.dirtyCount > 0) await this.commit();
+    this.shutDown = true;
+    if (this.commitTimer) this.env.timers.clear(this.commitTimer);
+    this.commitTimer = null;
     this.locks.shutdown();
     await this.net.farewell();
     this.net.shutdown();
