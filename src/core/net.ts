@@ -107,7 +107,8 @@ export type NetCounter =
   | "net_responses_sent" | "net_responses_recv" | "net_acks_sent" | "net_resent"
   | "net_dup_dropped" | "net_frames_malformed" | "net_frames_foreign" | "net_protocol_errors"
   | "net_greetings_sent" | "net_greetings_recv" | "net_greetings_refused" | "net_reconnects"
-  | "net_new_server" | "net_session_resets" | "net_stale_server" | "net_connect_failures"
+  | "net_new_server" | "net_session_resets" | "net_stale_greetings" | "net_stale_server"
+  | "net_connect_failures"
   | "net_disconnects" | "net_handler_errors" | "net_handler_bugs" | "net_unhandled_cmds"
   | "net_client_timeouts" | "net_farewells" | "net_keepalive_timeouts"
   | "net_greeting_timeouts" | "net_responses_stale" | "net_responses_unmatched"
@@ -818,6 +819,15 @@ export class NetServer implements LinkOwner {
       return;
     }
     const reattach = g.serverTerm === this.opts.serverTerm;
+    if (!reattach && this.sessions.get(g.rid)?.connected) {
+      // A greeting the client sent before it learned our term, delivered late on a link it
+      // gave up: the client already has a live session with us. Resetting that session would
+      // drop requests in flight both ways (an invalidation among them) and leave the client
+      // acknowledging seqs we no longer know.
+      count(this.ctx, "net_stale_greetings");
+      link.close("stale greeting: the client has a live session with this server");
+      return;
+    }
     const bad = this.checkGreeting(g, reattach);
     if (bad) {
       this.refuse(link, bad);
