@@ -21,9 +21,9 @@ import { assert } from "../util/assert.js";
 import type { Counters } from "../util/counters.js";
 import { FsError } from "../util/errno.js";
 import {
-  allocExtent, drainList, type Extent, freeExtent, listExtents, prependListBlocks,
+  allocExtent, type Extent, freeExtent, prependListBlocks,
 } from "./alloc.js";
-import { btreeDelete, btreeForce, btreeFree, btreeLookup } from "./btree.js";
+import { btreeDelete, btreeForce, btreeLookup } from "./btree.js";
 import { type BtreeRoot, BTREE_ROOT_SIZE, readBtreeRoot, writeBtreeRoot } from "./format.js";
 import {
   decodeLogTrees, emptyLogTrees, encodeLogTrees, encodeMountedClient, LOG_TREES_FLAG_FINALIZED,
@@ -38,6 +38,7 @@ import { LockServer } from "./lock_server.js";
 import { listLogTrees } from "./forest.js";
 import {
   ClientRecovery, CLIENT_RECOVERY_TIMEOUT_MS, currentLogTrees, type FenceReason, mountedRids,
+  returnLogTreeAllocators,
 } from "./server_recovery.js";
 
 export interface ServerOptions {
@@ -312,17 +313,11 @@ export class Server {
     return out;
   }
 
-  /** The mount's newest log_trees item, if any. */
-  private currentLogTrees(root: BtreeRoot, rid: bigint, cache: Volume["cache"]):
-    Promise<LogTrees | null> {
-    return currentLogTrees(cache, root, rid);
-  }
-
   private async getLogTrees(rid: bigint): Promise<Buffer> {
     await this.merger.waitGate();
     let out: LogTrees | null = null;
     await this.hold(async (t) => {
-      let lt = await this.currentLogTrees(t.sb.logsRoot, rid, t.w.cache);
+      let lt = await currentLogTrees(t.w.cache, t.sb.logsRoot, rid);
       if (lt && lt.getTransSeq > lt.commitTransSeq) {
         out = lt; // a resent request: the transaction it opened is still open
         return;
@@ -340,11 +335,7 @@ export class Server {
 
   /** The mount's freed blocks from its last commit go back to the global allocators. */
   private async reclaim(t: VolumeTxn, lt: LogTrees): Promise<void> {
-    await drainList(t.w, lt.metaFreed, t.sb.metaAlloc[1], (b) => t.alloc.freeCommitted(t.w, b));
-    const freed = await listExtents(t.w, lt.dataFreed);
-    for (const e of freed) await freeExtent(t.w, t.sb.dataAlloc, e);
-    await btreeFree(t.w, lt.dataFreed.root);
-    lt.dataFreed.totalLen = 0;
+    await returnLogTreeAllocators(t, lt, "freed");
   }
 
   private async refill(t: VolumeTxn, lt: LogTrees): Promise<void> {
@@ -377,7 +368,7 @@ export class Server {
     const lt = decodeLogTrees(p);
     if (lt.rid !== rid) throw new FsError("EINVAL", "commit of another mount's log trees");
     await this.hold(async (t) => {
-      const cur = await this.currentLogTrees(t.sb.logsRoot, rid, t.w.cache);
+      const cur = await currentLogTrees(t.w.cache, t.sb.logsRoot, rid);
       if (!cur || cur.nr !== lt.nr) throw new FsError("EINVAL", "commit of an unknown log tree");
       if (cur.commitTransSeq >= lt.getTransSeq) return; // already committed: a resend
       if (cur.getTransSeq !== lt.getTransSeq) throw new FsError("EINVAL", "commit of a stale transaction");

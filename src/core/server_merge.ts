@@ -55,7 +55,7 @@
 import { assert } from "../util/assert.js";
 import { FsError } from "../util/errno.js";
 import {
-  allocExtent, drainList, freeExtent, listEntries, listExtents, listNext, prependListBlocks,
+  allocExtent, listEntries, listNext, prependListBlocks,
 } from "./alloc.js";
 import type { BlockCache } from "./block.js";
 import {
@@ -82,6 +82,7 @@ import { listLogTrees } from "./forest.js";
 import {
   keyInc, keySecond, keyZone, logTreesKey, makeKey, MAX_KEY, MIN_KEY, mountedClientKey, Zone,
 } from "./key.js";
+import { returnLogTreeAllocators } from "./server_recovery.js";
 import type { VolumeTxn } from "./volume.js";
 
 /** A log tree is finalized once its item btree is this tall. */
@@ -574,13 +575,7 @@ export class LogMerger {
       for (const lt of await inputTrees(t.w.cache, t.sb.logsRoot, s.status.roundSeq)) {
         await btreeFree(t.w, lt.itemRoot);
         if (lt.bloomRef.blkno !== 0) await t.w.freeRef(lt.bloomRef);
-        const free = (b: number): Promise<void> => t.alloc.freeCommitted(t.w, b);
-        await drainList(t.w, lt.metaAvail, t.sb.metaAlloc[1], free);
-        await drainList(t.w, lt.metaFreed, t.sb.metaAlloc[1], free);
-        for (const a of [lt.dataAvail, lt.dataFreed]) {
-          for (const e of await listExtents(t.w, a)) await freeExtent(t.w, t.sb.dataAlloc, e);
-          await btreeFree(t.w, a.root);
-        }
+        await returnLogTreeAllocators(t, lt, "all");
         await btreeDelete(t.w, t.sb.logsRoot, logTreesKey(lt.rid, BigInt(lt.nr)));
         this.host.counters.inc("log_merge_freed_trees");
       }

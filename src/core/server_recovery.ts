@@ -35,7 +35,7 @@ import { FsError } from "../util/errno.js";
 import { drainList, freeExtent, listExtents } from "./alloc.js";
 import { btreeDelete, btreeForce, btreeFree, btreeLookup, btreeNext, btreePrev } from "./btree.js";
 import type { BlockCache } from "./block.js";
-import { type BtreeRoot, emptyAllocRoot, emptyListHead } from "./format.js";
+import type { BtreeRoot } from "./format.js";
 import {
   decodeLogTrees, encodeLogTrees, LOG_TREES_FLAG_FINALIZED, type LogTrees,
 } from "./format_log.js";
@@ -173,17 +173,7 @@ export async function reclaimRid(t: VolumeTxn, rid: bigint, counters: Counters):
       counters.inc("reclaimed_open_logs");
       lt.commitTransSeq = lt.getTransSeq;
     }
-    const free = (b: number): Promise<void> => t.alloc.freeCommitted(t.w, b);
-    await drainList(t.w, lt.metaAvail, t.sb.metaAlloc[1], free);
-    await drainList(t.w, lt.metaFreed, t.sb.metaAlloc[1], free);
-    for (const a of [lt.dataAvail, lt.dataFreed]) {
-      for (const e of await listExtents(t.w, a)) await freeExtent(t.w, t.sb.dataAlloc, e);
-      await btreeFree(t.w, a.root);
-    }
-    lt.metaAvail = emptyListHead();
-    lt.metaFreed = emptyListHead();
-    lt.dataAvail = emptyAllocRoot();
-    lt.dataFreed = emptyAllocRoot();
+    await returnLogTreeAllocators(t, lt, "all");
     const key = logTreesKey(rid, BigInt(lt.nr));
     if (lt.itemRoot.height === 0) {
       if (lt.bloomRef.blkno !== 0) await t.w.freeRef(lt.bloomRef);
@@ -198,6 +188,24 @@ export async function reclaimRid(t: VolumeTxn, rid: bigint, counters: Counters):
     await btreeDelete(t.w, t.sb.mountedClients, mc);
   }
   return merge;
+}
+
+/**
+ * Gives a log tree's allocators back to the global ones in a server commit: its freed lists
+ * only (a mount's next transaction: what its last commit freed is reusable now), or all of
+ * them (a fenced mount, a merged tree). The heads are left empty.
+ */
+export async function returnLogTreeAllocators(t: VolumeTxn, lt: LogTrees, which: "freed" | "all"):
+  Promise<void> {
+  const free = (b: number): Promise<void> => t.alloc.freeCommitted(t.w, b);
+  const meta = which === "all" ? [lt.metaAvail, lt.metaFreed] : [lt.metaFreed];
+  for (const h of meta) await drainList(t.w, h, t.sb.metaAlloc[1], free);
+  const data = which === "all" ? [lt.dataAvail, lt.dataFreed] : [lt.dataFreed];
+  for (const a of data) {
+    for (const e of await listExtents(t.w, a)) await freeExtent(t.w, t.sb.dataAlloc, e);
+    await btreeFree(t.w, a.root);
+    a.totalLen = 0;
+  }
 }
 
 /** The rids of the mounted_clients items (the mounts the previous server had). */

@@ -57,9 +57,10 @@ import { readSuperFrom } from "../core/volume.js";
 import { SimDisk } from "./disk.js";
 import { SimWorld, type SimNode } from "./env.js";
 import type { NetFaults } from "./net.js";
+import { mountsCompatible } from "./lock_workload.js";
 import { SimRandom } from "./random.js";
 import {
-  QuorumSimChecker, QuorumWatchDevice, type QuorumSimMount, registerScenario,
+  observeQuorumWrite, QuorumSimChecker, type QuorumSimMount, registerScenario, WriteWatchDevice,
 } from "./scenarios.js";
 
 export const CLUSTER_FSID = 0x5c0f_c1a5_7e40_0001n;
@@ -289,8 +290,7 @@ export class ClusterChecker {
     else m.set(inc, c.to);
     for (const [other, mode] of m) {
       if (other === inc || this.crashed.has(other)) continue;
-      const ok = mode === LockMode.NULL || c.to === LockMode.NULL ||
-        (mode === c.to && (mode === LockMode.READ || mode === LockMode.WRITE_ONLY));
+      const ok = mountsCompatible(mode, c.to);
       this.check(ok, () => `${inc} got ${lockModeName(c.to)} of ${id} while ${other} holds ${lockModeName(mode)}`);
     }
   }
@@ -435,10 +435,11 @@ export class ClusterSim {
     node.spawn("mount", () => this.mountLoop(st));
   }
 
+  /** The metadata device as st's process sees it: quorum block and super writes checked. */
   private device(st: MountState): BlockDevice {
-    const quorumWatched = new QuorumWatchDevice(this.meta, CLUSTER_FSID, this.checker.quorum);
-    return st.node.device(new SuperWatchDevice(quorumWatched, () => {
-      this.checker.superWrite(st.inc, st.qm?.server?.term ?? null);
+    return st.node.device(new WriteWatchDevice(this.meta, (buf, offset) => {
+      observeQuorumWrite(this.checker.quorum, CLUSTER_FSID, buf, offset);
+      if (offset === SUPER_OFFSET) this.checker.superWrite(st.inc, st.qm?.server?.term ?? null);
     }));
   }
 
@@ -845,24 +846,6 @@ export class ClusterSim {
       await this.world.settle(st.sm!.unmount());
       this.checker.processDied(st.inc);
     }
-  }
-}
-
-/** Shows every write of the super block (meta device offset SUPER_OFFSET) to a callback. */
-class SuperWatchDevice implements BlockDevice {
-  constructor(private readonly inner: BlockDevice, private readonly onSuper: () => void) {}
-
-  get name(): string { return this.inner.name; }
-  get sizeBytes(): number { return this.inner.sizeBytes; }
-  get alignment(): number { return this.inner.alignment; }
-  read(buf: Buffer, offset: number): Promise<void> { return this.inner.read(buf, offset); }
-  flush(): Promise<void> { return this.inner.flush(); }
-  allocBuffer(bytes: number): Buffer { return this.inner.allocBuffer(bytes); }
-  close(): Promise<void> { return this.inner.close(); }
-
-  write(buf: Buffer, offset: number): Promise<void> {
-    if (offset === SUPER_OFFSET) this.onSuper();
-    return this.inner.write(buf, offset);
   }
 }
 

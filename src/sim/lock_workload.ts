@@ -127,7 +127,7 @@ function ridOf(index: number): bigint {
 }
 
 /** Modes two different mounts may hold at once. */
-function mountsCompatible(a: LockMode, b: LockMode): boolean {
+export function mountsCompatible(a: LockMode, b: LockMode): boolean {
   return a === LockMode.NULL || b === LockMode.NULL ||
     (a === b && (a === LockMode.READ || a === LockMode.WRITE_ONLY));
 }

@@ -520,10 +520,10 @@ export class QuorumSimChecker {
   }
 }
 
-/** Passes I/O through and shows every quorum block written to the checker. */
-export class QuorumWatchDevice implements BlockDevice {
-  constructor(private readonly inner: BlockDevice, private readonly fsid: bigint,
-    private readonly checker: QuorumSimChecker) {}
+/** Passes I/O through and shows every completed write to a callback (checkers watch). */
+export class WriteWatchDevice implements BlockDevice {
+  constructor(private readonly inner: BlockDevice,
+    private readonly onWrite: (buf: Buffer, offset: number) => void) {}
 
   get name(): string { return this.inner.name; }
   get sizeBytes(): number { return this.inner.sizeBytes; }
@@ -535,11 +535,17 @@ export class QuorumWatchDevice implements BlockDevice {
 
   async write(buf: Buffer, offset: number): Promise<void> {
     await this.inner.write(buf, offset);
-    const slot = offset / QUORUM_BLOCK_SIZE - QUORUM_BLKNO;
-    if (Number.isInteger(slot) && slot >= 0 && slot < QUORUM_MAX_SLOTS &&
-      buf.length === QUORUM_BLOCK_SIZE) {
-      this.checker.onBlockWrite(slot, decodeQuorumBlock(buf, this.fsid, slot));
-    }
+    this.onWrite(buf, offset);
+  }
+}
+
+/** Shows a write to the checker if it is a whole quorum block. */
+export function observeQuorumWrite(checker: QuorumSimChecker, fsid: bigint, buf: Buffer,
+  offset: number): void {
+  const slot = offset / QUORUM_BLOCK_SIZE - QUORUM_BLKNO;
+  if (Number.isInteger(slot) && slot >= 0 && slot < QUORUM_MAX_SLOTS &&
+    buf.length === QUORUM_BLOCK_SIZE) {
+    checker.onBlockWrite(slot, decodeQuorumBlock(buf, fsid, slot));
   }
 }
 
@@ -565,7 +571,8 @@ export class QuorumSimCluster {
     this.names = Array.from({ length: opts.slots }, (_, i) => `q${i}`);
     this.checker = new QuorumSimChecker(world);
     this.fenceFailProbability = opts.fenceFailProbability ?? 0;
-    this.watched = new QuorumWatchDevice(disk, QSIM_FSID, this.checker);
+    this.watched = new WriteWatchDevice(disk,
+      (buf, offset) => { observeQuorumWrite(this.checker, QSIM_FSID, buf, offset); });
     for (const name of this.names) world.addNode(name);
   }
 

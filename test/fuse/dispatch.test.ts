@@ -2,7 +2,7 @@
  * Goal: the session's request loop (src/fuse/session.ts with dispatch.ts) answers every
  * request exactly once with the right errno, whatever the filesystem or the bytes do:
  * INIT negotiation, requests before INIT, malformed headers and payloads, unknown opcodes,
- * handlers that throw, reject or are not implemented, xattr size probes and ERANGE,
+ * handlers that throw, reject or are absent from the ops (ENOSYS), xattr size probes and ERANGE,
  * FORGET without reply, INTERRUPT, replies the kernel refuses (lookups forgotten again),
  * the in-flight bound pausing the reader, DESTROY ending the session once.
  *
