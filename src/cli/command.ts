@@ -31,6 +31,8 @@ import { FORMAT_VERSION_MAX, FORMAT_VERSION_MIN } from "../core/format.js";
 export interface CliIo {
   out(text: string): void;
   err(text: string): void;
+  /** Raw bytes to stdout (file names and paths need not be UTF-8); default: out(utf8). */
+  outBytes?(bytes: Buffer): void;
 }
 
 /** cmd.h GROUP_CORE, GROUP_INFO, GROUP_SEARCH, GROUP_AGENT, GROUP_DEBUG. */
@@ -211,4 +213,5 @@ export async function runCli(argv: readonly string[], io: CliIo,
 export const processIo: CliIo = {
   out: (text) => { process.stdout.write(text); },
   err: (text) => { process.stderr.write(text); },
+  outBytes: (bytes) => { process.stdout.write(bytes); },
 };

@@ -106,7 +106,8 @@ export function decodeDelta(v: Buffer): { total: bigint; count: bigint } {
   return { total: v.readBigInt64LE(0), count: v.readBigInt64LE(8) };
 }
 
-function sumDeltas(vals: Buffer[]): Buffer {
+/** The sum of delta values (the merge's and the forest reads' one combination rule). */
+export function sumDeltas(vals: Buffer[]): Buffer {
   let total = 0n;
   let count = 0n;
   for (const v of vals) {
@@ -117,7 +118,7 @@ function sumDeltas(vals: Buffer[]): Buffer {
   return encodeDelta(BigInt.asIntN(64, total), BigInt.asIntN(64, count));
 }
 
-function isZeroDelta(v: Buffer): boolean {
+export function isZeroDelta(v: Buffer): boolean {
   const d = decodeDelta(v);
   return d.total === 0n && d.count === 0n;
 }

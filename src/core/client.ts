@@ -29,15 +29,17 @@ import type { Counters } from "../util/counters.js";
 import { FsError } from "../util/errno.js";
 import { ListAllocator } from "./alloc.js";
 import { BlockCache, MetaTxn, withStaleRetry } from "./block.js";
-import { btreeInsertList, type Item, ITEM_DELETION } from "./btree.js";
+import { DataTrans } from "./data_alloc.js";
+import { btreeInsertList, type Item, ITEM_DELETION, ITEM_DELTA } from "./btree.js";
 import { BTREE_MAX_VAL_LEN } from "./btree_block.js";
+import { decodeDelta } from "./btree_merge.js";
 import { decodeLogTrees, encodeLogTrees, type LogTrees } from "./format_log.js";
 import {
-  bloomAdd, forestLookup, forestNext, forestPrev, forestRange, forestRangeBack, type ForestRoots,
-  lockStartFor,
+  addLoggedDeltas, bloomAdd, forestNewest, forestNext, forestPrev, forestRange, forestRangeBack,
+  type ForestRoots, lockStartFor,
 } from "./forest.js";
 import {
-  ITEM_CACHE_FILL_ITEMS, ITEM_CACHE_FILL_RETRIES, ItemCache, type KeyVal,
+  addDirtyDelta, ITEM_CACHE_FILL_ITEMS, ITEM_CACHE_FILL_RETRIES, ItemCache, type KeyVal,
 } from "./item_cache.js";
 import { compareKeys, keyDec, keyInc, MAX_KEY, MIN_KEY } from "./key.js";
 import { LockMode, lockModeName } from "./lock_msg.js";
@@ -58,6 +60,8 @@ export interface MountClientOptions {
   /** Byte bound of the item cache (default ITEM_CACHE_DEFAULT_BYTES). */
   itemCacheBytes?: number;
   totalMetaBlocks: number;
+  /** The data device (4 KiB blocks of file data); without it files cannot hold data. */
+  data?: BlockDevice;
   /** Messaging timeouts (tests shorten them). */
   netTuning?: Partial<NetTuning>;
   /** The commit timer (default TRANS_SYNC_DELAY_MS). */
@@ -105,9 +109,19 @@ export class MountClient {
   private transOpen = false;
   private commitTimer: TimerHandle | null = null;
   private shutDown = false;
+  /** The data device, and the data allocator and holds of the transaction (data_alloc.ts). */
+  readonly dataDev: BlockDevice | null;
+  readonly dataTrans: DataTrans;
 
   constructor(readonly env: Env, readonly meta: BlockDevice, readonly counters: Counters,
     readonly opts: MountClientOptions) {
+    this.dataDev = opts.data ?? null;
+    this.dataTrans = new DataTrans({
+      env, counters,
+      open: () => (this.transOpen && this.txn && this.lt ? { w: this.txn, lt: this.lt } : null),
+      ensureOpen: () => this.commit(),
+      requestCommit: () => { this.kickCommit(); },
+    });
     this.items = new ItemCache(counters, { maxBytes: opts.itemCacheBytes });
     this.cache = new BlockCache(meta, opts.fsid, counters, opts.cacheBytes ?? 64 * 1024 * 1024,
       opts.totalMetaBlocks);
@@ -119,6 +133,8 @@ export class MountClient {
       env, counters, name: `locks-${opts.rid.toString(16)}`,
       transport: { request: (p) => this.net.request(NetCmd.LOCK, p), serverTerm: () => this.net.serverTerm },
       onModeChange: opts.onLockModeChange,
+      grantProblem: (range, cachedAllowed) =>
+        this.items.grantProblem(range.start, range.end, cachedAllowed),
       // a lock dirtied the open transaction: commit it so the next holder reads our writes,
       // then drop the range's cached items (kept when downgraded to READ: still current)
       onInvalidate: async (range, mode, dirtied) => {
@@ -146,6 +162,20 @@ export class MountClient {
     assert(this.lt, "no open transaction");
     assert(rangeContainsKey(held.range, key), "item deleted outside its lock's range");
     this.delete(key, lockItemSeq(held, this.lt.getTransSeq));
+    this.locks.markDirtied(held, this.recordSeq);
+  }
+
+  /**
+   * Adds a delta ({total, count}, encodeDelta: a .totl. contribution) to key under a held
+   * WRITE_ONLY lock. Readers see the sum over every mount's deltas (forest.ts, item_cache.ts).
+   */
+  deltaLocked(held: HeldLock, key: Buffer, delta: Buffer): void {
+    assert(this.lt, "no open transaction");
+    assert(held.mode === LockMode.WRITE_ONLY, `delta under a ${lockModeName(held.mode)} lock`);
+    assert(rangeContainsKey(held.range, key), "delta outside its lock's range");
+    decodeDelta(delta); // asserts its size
+    this.record({ key: Buffer.from(key), val: Buffer.from(delta),
+      seq: lockItemSeq(held, this.lt.getTransSeq), flags: ITEM_DELTA });
     this.locks.markDirtied(held, this.recordSeq);
   }
 
@@ -179,6 +209,8 @@ export class MountClient {
     this.lt = lt;
     this.recordSeq = lt.getTransSeq;
     this.txn = new MetaTxn(this.cache, lt.getTransSeq, new ListAllocator(lt.metaAvail, lt.metaFreed));
+    // a failed commit's data allocations are replayed on the transaction handed out again
+    await this.dataTrans.opened(this.txn, lt);
     this.transOpen = true;
     this.counters.inc("trans_open");
   }
@@ -250,9 +282,12 @@ export class MountClient {
   private async commitOnce(): Promise<void> {
     if (this.commitTimer) this.env.timers.clear(this.commitTimer);
     this.commitTimer = null;
+    // data holders finish first: their allocations, frees and items share one transaction
+    await this.dataTrans.closeGate();
     try {
       await this.commitAndReopen();
     } finally {
+      this.dataTrans.openGate();
       // items recorded while it ran, or kept after a failure, are committed by the next trigger
       if (!this.shutDown) this.commitTriggers();
     }
@@ -269,12 +304,16 @@ export class MountClient {
     for (const it of items) it.seq = Math.max(it.seq, lt.getTransSeq);
     this.recordSeq = lt.getTransSeq + 1;
     try {
+      await addLoggedDeltas(w.cache, lt.itemRoot, items); // deltas add to earlier commits'
       await btreeInsertList(w, lt.itemRoot, items);
       const starts = new Map(items.map((it) => [lockStartFor(it.key).toString("hex"), lockStartFor(it.key)]));
       if (starts.size > 0) lt.bloomRef = await bloomAdd(w, lt.bloomRef, [...starts.values()]);
       lt.maxItemSeq = Math.max(lt.maxItemSeq, ...items.map((i) => i.seq));
+      await this.dataTrans.prepareCommit(w, lt);
       await w.writeDirty();
       await this.meta.flush();
+      // file data the committed extents reference is durable before they are
+      if (this.dataDev && this.dataTrans.needsFlush) await this.dataDev.flush();
       await this.net.request(NetCmd.COMMIT_LOG_TREES, encodeLogTrees(lt));
     } catch (e) {
       // nothing was committed: the items stay dirty for the next attempt
@@ -289,6 +328,7 @@ export class MountClient {
     this.transOpen = false;
     w.markClean();
     this.items.endCommit(true);
+    this.dataTrans.committed();
     this.locks.transCommitted(lt.getTransSeq);
     this.counters.inc("trans_commit");
     // if this fails the next commit opens the transaction first (records need none open)
@@ -304,10 +344,36 @@ export class MountClient {
 
   /** The current value of key: this mount's dirty version, else the committed forest's. */
   async lookup(key: Buffer): Promise<Buffer | null> {
-    const d = this.items.getDirty(key);
-    if (d) return (d.flags & ITEM_DELETION) !== 0 ? null : Buffer.from(d.val);
-    // a key not dirty now was committed (if ever written here) before the roots are fetched
-    return this.readForest((roots) => forestLookup(this.cache, roots, key, this.counters));
+    for (let races = 0; races <= UNLOCKED_READ_RETRIES; races++) {
+      const epoch = this.items.commitEpoch;
+      const d = this.items.getDirty(key);
+      if (d && (d.flags & ITEM_DELTA) === 0) {
+        return (d.flags & ITEM_DELETION) !== 0 ? null : Buffer.from(d.val);
+      }
+      // a key not dirty now was committed (if ever written here) before the roots are fetched
+      const f = await this.readForest((roots) => forestNewest(this.cache, roots, key,
+        this.counters));
+      const cur = d === undefined ? f : await this.overDirty(f, d, epoch);
+      if (cur === undefined) continue;
+      return cur && (cur.flags & ITEM_DELETION) === 0 ? Buffer.from(cur.val) : null;
+    }
+    throw new FsError("EAGAIN", "lock-less read kept racing with commits");
+  }
+
+  /**
+   * A lock-less read's version of a key this mount holds dirty (d) over the forest's (f,
+   * read from commit epoch `epoch` on): d itself; for a delta, f's value plus d's (null when
+   * zero). Undefined when a commit took or settled the dirty items since: d may then be in f
+   * as well, or in neither; the caller reads again (after the commit in flight settled).
+   */
+  private async overDirty(f: Item | null, d: Item, epoch: number):
+    Promise<Item | null | undefined> {
+    if ((d.flags & ITEM_DELTA) === 0) return d;
+    if (this.items.commitInFlight || this.items.commitEpoch !== epoch) {
+      await this.committing?.catch(() => undefined);
+      return undefined;
+    }
+    return addDirtyDelta(f !== null && f.key.equals(d.key) ? f : null, d);
   }
 
   /**
@@ -396,10 +462,12 @@ export class MountClient {
   async next(key: Buffer, end: Buffer = MAX_KEY): Promise<KeyVal | null> {
     let p = key;
     let f: Item | null | undefined;
+    let epoch = 0;
     for (let races = 0; races <= UNLOCKED_READ_RETRIES;) {
       if (compareKeys(p, end) > 0) return null;
       if (f === undefined) {
         const commits = this.items.commits;
+        epoch = this.items.commitEpoch;
         const from = p;
         f = await this.readForest((roots) => forestNext(this.cache, roots, from, end,
           this.counters));
@@ -412,9 +480,15 @@ export class MountClient {
       }
       const d = this.items.nextDirty(p, f === null ? end : f.key);
       if (d === undefined) return f === null ? null : copyKeyVal(f);
-      if ((d.flags & ITEM_DELETION) === 0) return copyKeyVal(d);
+      const cur = await this.overDirty(f, d, epoch);
+      if (cur === undefined) {
+        f = undefined;
+        races++;
+        continue;
+      }
+      if (cur !== null && (cur.flags & ITEM_DELETION) === 0) return copyKeyVal(cur);
       if (d.key.equals(MAX_KEY)) return null;
-      // a dirty deletion: look past it; it hides the forest's item of the same key
+      // a dirty deletion (or deltas summing to zero): look past it; it hides the forest's item
       p = keyInc(d.key);
       if (f !== null && compareKeys(f.key, d.key) <= 0) f = undefined;
     }
@@ -425,10 +499,12 @@ export class MountClient {
   async prev(key: Buffer, start: Buffer = MIN_KEY): Promise<KeyVal | null> {
     let p = key;
     let f: Item | null | undefined;
+    let epoch = 0;
     for (let races = 0; races <= UNLOCKED_READ_RETRIES;) {
       if (compareKeys(p, start) < 0) return null;
       if (f === undefined) {
         const commits = this.items.commits;
+        epoch = this.items.commitEpoch;
         const from = p;
         f = await this.readForest((roots) => forestPrev(this.cache, roots, from, start,
           this.counters));
@@ -440,7 +516,13 @@ export class MountClient {
       }
       const d = this.items.prevDirty(p, f === null ? start : f.key);
       if (d === undefined) return f === null ? null : copyKeyVal(f);
-      if ((d.flags & ITEM_DELETION) === 0) return copyKeyVal(d);
+      const cur = await this.overDirty(f, d, epoch);
+      if (cur === undefined) {
+        f = undefined;
+        races++;
+        continue;
+      }
+      if (cur !== null && (cur.flags & ITEM_DELETION) === 0) return copyKeyVal(cur);
       if (d.key.equals(MIN_KEY)) return null;
       p = keyDec(d.key);
       if (f !== null && compareKeys(f.key, d.key) >= 0) f = undefined;

@@ -18,6 +18,20 @@
  * intersection of what was read, as upstream clamps to the leaves it read), so a caller may
  * record that part as completely known, absent keys included.
  *
+ * Delta items (ITEM_DELTA: .totl. {total, count} contributions) are not "newest wins": a
+ * key whose versions are all deltas reads as their sum, combined with btree_merge.ts's
+ * sumDeltas (the merge's own rule). A merge can splice a key's combined value into fs_root
+ * while the finalized trees it came from are still readable (until the round frees them),
+ * so each finalized group (the trees finalized together: same finalize_seq) counts only if
+ * it was not merged yet, as upstream's scoutfs_totl_merge_resolve decides it: with an
+ * fs_root version, only a group holding a newer seq (the merge stamps the combined item with
+ * the greatest seq of what it merged); without one, only a group whose count is positive (a
+ * merged group that summed to zero deleted the fs_root item, and its count, the number of
+ * contributors it removed, is then negative). Open log trees always count: nothing of them
+ * is merged. Grouping by finalize_seq (upstream lumps every finalized tree together) keeps a
+ * group finalized after the round's inputs from making the merged inputs count twice. A sum
+ * of zero total and count is an absent key.
+ *
  * Readers are handed committed roots (GET_ROOTS): the blocks they reach are never modified
  * under the same (blkno, seq), which is what lets the decoded list of log trees be memoized
  * per logs_root ref (forestLogTrees) instead of re-read for every lookup. Writers with dirty
@@ -26,13 +40,16 @@
 import { assert } from "../util/assert.js";
 import type { BlockCache, MetaTxn } from "./block.js";
 import { registerBlockValidator } from "./block.js";
-import { btreeFindLeaf, btreeIterate, btreeLookup, type Item, ITEM_DELETION } from "./btree.js";
+import {
+  btreeFindLeaf, btreeIterate, btreeLookup, type Item, ITEM_DELETION, ITEM_DELTA,
+} from "./btree.js";
 import { cmpKeyAt, itemAt, lowerBound, nrItems } from "./btree_block.js";
+import { decodeDelta, isZeroDelta, sumDeltas } from "./btree_merge.js";
 import {
   BLOCK_HEADER_SIZE, type BlockRef, type BtreeRoot, corrupt, Magic, META_BLOCK_SIZE, readU64,
   writeU64,
 } from "./format.js";
-import { decodeLogTrees, type LogTrees } from "./format_log.js";
+import { decodeLogTrees, LOG_TREES_FLAG_FINALIZED, type LogTrees } from "./format_log.js";
 import {
   compareKeys, KEY_SIZE, keyDec, keyInc, makeKey, MAX_KEY, MIN_KEY, U64_MAX, Zone,
 } from "./key.js";
@@ -142,10 +159,78 @@ export interface ForestRoots {
   logsRoot: BtreeRoot;
 }
 
-/** The newest version of key in fs_root and the log trees (tombstones included), or null. */
+// ---------------------------------------------------------------------------------------
+// Combining a key's versions.
+
+/** The group of fs_root's versions. */
+const FS_GROUP = 0;
+/** The group of every open (not finalized) log tree's versions. */
+const OPEN_GROUP = -1;
+
+/** The group of a log tree's versions: open, or finalized together with others (header). */
+function groupOf(lt: LogTrees): number {
+  if ((lt.flags & LOG_TREES_FLAG_FINALIZED) === 0) return OPEN_GROUP;
+  assert(lt.finalizeSeq > 0, "finalized log tree without a finalize_seq");
+  return lt.finalizeSeq;
+}
+
+/** One tree's version of a key and the group of that tree. */
+interface Version {
+  it: Item;
+  group: number;
+}
+
+const isDelta = (it: Item): boolean => (it.flags & ITEM_DELTA) !== 0;
+
+/** Whether a finalized group's deltas are still to be added to fs_root's (see the header). */
+function groupUnmerged(fs: Item | undefined, items: Item[], sum: Buffer): boolean {
+  if (fs !== undefined) return items.some((it) => it.seq > fs.seq);
+  return decodeDelta(sum).count > 0n;
+}
+
+/** The combined value of a key whose versions are all deltas; null when it sums to zero. */
+function resolveDeltas(versions: Version[]): Item | null {
+  const fs = versions.find((v) => v.group === FS_GROUP)?.it;
+  const groups = new Map<number, Item[]>();
+  for (const v of versions) {
+    if (v.group === FS_GROUP) continue;
+    const g = groups.get(v.group);
+    if (g === undefined) groups.set(v.group, [v.it]);
+    else g.push(v.it);
+  }
+  const vals: Buffer[] = fs === undefined ? [] : [fs.val];
+  for (const [group, items] of groups) {
+    const sum = sumDeltas(items.map((it) => it.val));
+    if (group === OPEN_GROUP || groupUnmerged(fs, items, sum)) vals.push(sum);
+  }
+  const val = sumDeltas(vals);
+  if (isZeroDelta(val)) return null;
+  const seq = Math.max(...versions.map((v) => v.it.seq));
+  return { key: versions[0]!.it.key, val, seq, flags: ITEM_DELTA };
+}
+
+/**
+ * A key's current version from its versions in the trees (fs_root's first, which wins seq
+ * ties): deltas combined, anything else newest seq wins (tombstones included). Null: none.
+ */
+function currentVersion(versions: Version[]): Item | null {
+  const first = versions[0];
+  if (first === undefined) return null;
+  if (versions.every((v) => isDelta(v.it))) return resolveDeltas(versions);
+  let best = first.it;
+  for (const v of versions) if (v.it.seq > best.seq) best = v.it;
+  return best;
+}
+
+/**
+ * The current version of key in fs_root and the log trees (tombstones included; deltas
+ * combined), or null.
+ */
 export async function forestNewest(cache: BlockCache, roots: ForestRoots, key: Buffer,
   counters?: { inc(name: string): void }): Promise<Item | null> {
-  let best = await btreeLookup(cache, roots.fsRoot, key);
+  const versions: Version[] = [];
+  const fs = await btreeLookup(cache, roots.fsRoot, key);
+  if (fs) versions.push({ it: fs, group: FS_GROUP });
   for (const lt of await forestLogTrees(cache, roots.logsRoot, counters)) {
     if (lt.itemRoot.height === 0) continue;
     if (!(await bloomMayContain(cache, lt.bloomRef, key))) {
@@ -154,9 +239,9 @@ export async function forestNewest(cache: BlockCache, roots: ForestRoots, key: B
     }
     counters?.inc("forest_read_log_tree");
     const it = await btreeLookup(cache, lt.itemRoot, key);
-    if (it && (!best || it.seq > best.seq)) best = it;
+    if (it) versions.push({ it, group: groupOf(lt) });
   }
-  return best;
+  return currentVersion(versions);
 }
 
 /** The current value of key, or null when absent (no version, or a newest tombstone). */
@@ -164,6 +249,22 @@ export async function forestLookup(cache: BlockCache, roots: ForestRoots, key: B
   counters?: { inc(name: string): void }): Promise<Buffer | null> {
   const it = await forestNewest(cache, roots, key, counters);
   return it && (it.flags & ITEM_DELETION) === 0 ? it.val : null;
+}
+
+/**
+ * A mount's log tree keeps one version per key across all its transactions, so a delta
+ * committed again must add to the delta already logged there instead of replacing it
+ * (upstream's btree_insert_list combines them): adds the logged value to each delta of
+ * `items`, the commit's copies, before they are inserted into `root`.
+ */
+export async function addLoggedDeltas(cache: BlockCache, root: BtreeRoot, items: Item[]):
+  Promise<void> {
+  if (root.height === 0) return;
+  for (const it of items) {
+    if (!isDelta(it)) continue;
+    const logged = await btreeLookup(cache, root, it.key);
+    if (logged !== null && isDelta(logged)) it.val = sumDeltas([logged.val, it.val]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -254,14 +355,20 @@ async function readTreeBackward(cache: BlockCache, root: BtreeRoot, start: Buffe
   }
 }
 
+/** An item root to read and the group of its versions. */
+interface Source {
+  root: BtreeRoot;
+  group: number;
+}
+
 /**
  * The item roots a read of [start, end] must visit: fs_root and every log tree, skipping
  * those whose bloom rules out the range. The bloom is keyed by lock range starts, so it can
  * only prune a range that lies inside one lock's range.
  */
 async function rangeTrees(cache: BlockCache, roots: ForestRoots, start: Buffer, end: Buffer,
-  counters?: CounterSink): Promise<BtreeRoot[]> {
-  const out: BtreeRoot[] = [roots.fsRoot];
+  counters?: CounterSink): Promise<Source[]> {
+  const out: Source[] = [{ root: roots.fsRoot, group: FS_GROUP }];
   const oneLock = lockStartFor(start).equals(lockStartFor(end));
   for (const lt of await forestLogTrees(cache, roots.logsRoot, counters)) {
     if (lt.itemRoot.height === 0) continue;
@@ -270,23 +377,32 @@ async function rangeTrees(cache: BlockCache, roots: ForestRoots, start: Buffer, 
       continue;
     }
     counters?.inc("forest_read_log_tree");
-    out.push(lt.itemRoot);
+    out.push({ root: lt.itemRoot, group: groupOf(lt) });
   }
   return out;
 }
 
 /**
- * The newest version of each key among sorted runs (earlier runs win seq ties, as fs_root
- * does in forestNewest), in key order.
+ * The current version of each key among sorted runs read from `sources` (currentVersion:
+ * earlier runs win seq ties, as fs_root does in forestNewest), in key order.
  */
-function newestPerKey(runs: Item[][]): Item[] {
+function currentPerKey(runs: Item[][], sources: Source[]): Item[] {
   const all: { it: Item; run: number }[] = [];
   runs.forEach((items, run) => { for (const it of items) all.push({ it, run }); });
   all.sort((a, b) => compareKeys(a.it.key, b.it.key) || b.it.seq - a.it.seq || a.run - b.run);
   const out: Item[] = [];
-  for (const { it } of all) {
-    const last = out[out.length - 1];
-    if (last === undefined || !last.key.equals(it.key)) out.push(it);
+  for (let i = 0; i < all.length;) {
+    const newest = all[i]!.it;
+    let j = i + 1;
+    while (j < all.length && all[j]!.it.key.equals(newest.key)) j++;
+    if (!isDelta(newest)) {
+      out.push(newest); // what currentVersion picks, without building the versions
+    } else {
+      const versions = all.slice(i, j).map((a) => ({ it: a.it, group: sources[a.run]!.group }));
+      const cur = currentVersion(versions);
+      if (cur !== null) out.push(cur);
+    }
+    i = j;
   }
   return out;
 }
@@ -313,11 +429,11 @@ export async function forestRange(cache: BlockCache, roots: ForestRoots, start: 
   checkRangeArgs(start, end, limit);
   const trees = await rangeTrees(cache, roots, start, end, opts.counters);
   const reads: TreeRead[] = [];
-  for (const root of trees) reads.push(await readTreeForward(cache, root, start, end, limit));
+  for (const t of trees) reads.push(await readTreeForward(cache, t.root, start, end, limit));
   let stop = end;
   for (const r of reads) if (compareKeys(r.reach, stop) < 0) stop = r.reach;
   const runs = reads.map((r) => r.items.filter((it) => compareKeys(it.key, stop) <= 0));
-  let items = newestPerKey(runs);
+  let items = currentPerKey(runs, trees);
   if (opts.tombstones !== true) items = items.filter((it) => !isTombstone(it));
   if (items.length > limit) {
     items = items.slice(0, limit);
@@ -337,11 +453,11 @@ export async function forestRangeBack(cache: BlockCache, roots: ForestRoots, sta
   checkRangeArgs(start, end, limit);
   const trees = await rangeTrees(cache, roots, start, end, opts.counters);
   const reads: TreeRead[] = [];
-  for (const root of trees) reads.push(await readTreeBackward(cache, root, start, end, limit));
+  for (const t of trees) reads.push(await readTreeBackward(cache, t.root, start, end, limit));
   let stop = start;
   for (const r of reads) if (compareKeys(r.reach, stop) > 0) stop = r.reach;
   const runs = reads.map((r) => r.items.filter((it) => compareKeys(it.key, stop) >= 0).reverse());
-  let items = newestPerKey(runs);
+  let items = currentPerKey(runs, trees);
   if (opts.tombstones !== true) items = items.filter((it) => !isTombstone(it));
   if (items.length > limit) {
     items = items.slice(items.length - limit);

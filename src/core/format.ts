@@ -402,6 +402,11 @@ export function isScoutfsSuper(buf: Buffer): boolean {
     buf.readBigUInt64LE(SB.id) === SUPER_ID;
 }
 
+/** True if a (valid) super block carries the META flag: it came from a metadata device. */
+export function superIsMeta(buf: Buffer): boolean {
+  return (buf.readBigUInt64LE(SB.flags) & SUPER_FLAG_IS_META_BDEV) !== 0n;
+}
+
 /**
  * Decodes and validates a super block. `expectMeta` checks the META flag (set only on the
  * metadata device's copy). Throws EIO FsErrors that say precisely what is wrong.

@@ -338,3 +338,37 @@ export function decodeLogMergeSplice(b: Buffer): LogMergeSplice {
   }
   return s;
 }
+
+// freeing  (LOG_MERGE_FREEING)  a merged log tree whose blocks the server is freeing, a
+//                                bounded number per commit (server_merge.ts, btree_free.ts):
+//                                its item root, the log tree it was (rid, nr, for reports)
+//                                and the progress key: blocks whose range ends before it are
+//                                freed. Keyed by a seq.
+
+export interface LogMergeFreeing {
+  root: BtreeRoot;
+  rid: bigint;
+  nr: number;
+  next: Buffer;
+}
+export const LOG_MERGE_FREEING_SIZE = 72;
+
+export function encodeLogMergeFreeing(f: LogMergeFreeing): Buffer {
+  const b = Buffer.alloc(LOG_MERGE_FREEING_SIZE);
+  writeBtreeRoot(b, 0, f.root);
+  b.writeBigUInt64LE(f.rid, 24);
+  writeU64(b, 32, f.nr);
+  writeKeyField(b, 40, f.next);
+  return b;
+}
+
+export function decodeLogMergeFreeing(b: Buffer): LogMergeFreeing {
+  if (b.length !== LOG_MERGE_FREEING_SIZE) throw corrupt(`log_merge freeing size ${b.length}`);
+  const f = { root: readBtreeRoot(b, 0), rid: b.readBigUInt64LE(24), nr: readU64(b, 32),
+    next: readKeyField(b, 40) };
+  // a tree with no block left is deleted, never stored
+  if (f.root.height === 0 || f.root.ref.blkno === 0 || f.rid === 0n || !isZero(b, 67, 72)) {
+    throw corrupt("log_merge freeing fields");
+  }
+  return f;
+}

@@ -36,7 +36,10 @@ import {
 } from "./key.js";
 import { ROOT_INO } from "./mkfs.js";
 import { checkDataDevice, readSuperFrom } from "./volume.js";
-import { decodeLogMergeRequest, decodeLogTrees, type LogTrees } from "./format_log.js";
+import {
+  decodeLogMergeFreeing, decodeLogMergeRequest, decodeLogTrees, type LogTrees,
+} from "./format_log.js";
+import { btreeFreeingBlocks } from "./btree_free.js";
 import "./forest.js"; // registers the bloom block validator
 
 export interface FsckReport {
@@ -258,12 +261,27 @@ async function checkLogTrees(c: Checker, logsRoot: BtreeRoot): Promise<void> {
   }
 }
 
-/** The log_merge btree: a merge request owns the alloc list it gave its mount. */
+/**
+ * The log_merge btree: a merge request owns the alloc list it gave its mount, a freeing item
+ * the blocks of its merged tree that are not freed yet.
+ */
 async function checkLogMerge(c: Checker, root: BtreeRoot): Promise<void> {
   const requests: Buffer[] = [];
+  const freeing: Buffer[] = [];
   await checkTree(c, "log_merge", root, (k, v) => {
     if (keyZone(k) === Zone.LOG_MERGE_REQUEST) requests.push(v);
+    if (keyZone(k) === Zone.LOG_MERGE_FREEING) freeing.push(v);
   });
+  for (const v of freeing) {
+    await c.guard("log_merge freeing", async () => {
+      const f = decodeLogMergeFreeing(v);
+      const name = `freeing log tree ${f.rid.toString(16)}.${f.nr}`;
+      await btreeFreeingBlocks(c.cache, f.root, f.next, (ref) => {
+        c.referenced++;
+        c.meta.push({ start: ref.blkno, len: 1, owner: `${name} btree block` });
+      });
+    });
+  }
   for (const v of requests) {
     await c.guard("log_merge request", async () => {
       const r = decodeLogMergeRequest(v);

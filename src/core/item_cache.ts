@@ -17,6 +17,18 @@
  * invalidate() once the transaction is committed (dropping clean items, keeping them when
  * the lock is only downgraded to READ).
  *
+ * Delta items (ITEM_DELTA, .totl. contributions) are dirty only: put() adds a new delta to
+ * the key's dirty one (sumDeltas, the merge's rule), a committed delta leaves the cache (its
+ * value is this mount's contribution, not the key's value; readers combine the trees'), and
+ * a delta added while its entry is in the commit in flight is kept apart (`later`) until that
+ * commit settles, so that it is neither lost nor committed twice. Deltas are written under
+ * WRITE_ONLY locks, which no reader holds, so a read under a lock never meets a dirty delta
+ * (asserted); the clean value of a delta key is the combined one a fill read.
+ *
+ * Grants (grantProblem, asserted by the lock client as each grant is applied, upstream's
+ * bug_on_inconsistent_grant_cache): a lock being granted covers no dirty item, and no cached
+ * range unless both its old and new modes may read.
+ *
  * Races: a fill carries items read from roots fetched before it started; if meanwhile an
  * entry left the cache (its committed version dropped, an invalidation, an eviction) the
  * fill could put back an older version. Every removal bumps `gen`, and a fill whose reader
@@ -36,7 +48,8 @@
  */
 import { assert } from "../util/assert.js";
 import type { Counters } from "../util/counters.js";
-import { type Item, ITEM_DELETION } from "./btree.js";
+import { type Item, ITEM_DELETION, ITEM_DELTA } from "./btree.js";
+import { isZeroDelta, sumDeltas } from "./btree_merge.js";
 import { compareKeys, formatKey, KEY_SIZE, keyDec, keyInc, MAX_KEY } from "./key.js";
 
 /** Default byte bound of one mount's item cache. */
@@ -82,6 +95,8 @@ interface Entry {
   dirty: boolean;
   /** Part of the commit in flight and unchanged since it was taken. */
   inFlight: boolean;
+  /** A dirty delta's part added after the commit in flight took `val` (else null). */
+  later: Buffer | null;
 }
 
 interface Range {
@@ -95,7 +110,9 @@ interface Range {
 }
 
 const isTombstone = (e: { flags: number }): boolean => (e.flags & ITEM_DELETION) !== 0;
-const entryBytes = (e: Entry): number => 2 * KEY_SIZE + e.val.length + ENTRY_OVERHEAD_BYTES;
+const isDelta = (e: { flags: number }): boolean => (e.flags & ITEM_DELTA) !== 0;
+const entryBytes = (e: Entry): number =>
+  2 * KEY_SIZE + e.val.length + (e.later?.length ?? 0) + ENTRY_OVERHEAD_BYTES;
 /** The sort form of a key: latin1 maps each byte to one UTF-16 unit, keeping byte order. */
 const sk = (k: Buffer): string => k.toString("latin1");
 const minKey = (a: Buffer, b: Buffer): Buffer => (compareKeys(a, b) <= 0 ? a : b);
@@ -261,6 +278,7 @@ export class ItemCache {
   /** The entries of the commit in flight (null when none). */
   private inFlight: Entry[] | null = null;
   private commitsDone = 0;
+  private commitsBegun = 0;
 
   constructor(private readonly counters: Counters, opts: ItemCacheOptions = {}) {
     this.maxBytes = opts.maxBytes ?? ITEM_CACHE_DEFAULT_BYTES;
@@ -280,6 +298,19 @@ export class ItemCache {
    */
   get commits(): number {
     return this.commitsDone;
+  }
+
+  /**
+   * Changes whenever a commit takes the dirty items or settles: a lock-less reader adding
+   * its dirty deltas to the forest's value needs none of either during its read.
+   */
+  get commitEpoch(): number {
+    return this.commitsBegun + this.commitsDone;
+  }
+
+  /** A commit took the dirty items and has not settled: they may or may not be committed. */
+  get commitInFlight(): boolean {
+    return this.inFlight !== null;
   }
 
   get bytes(): number {
@@ -324,6 +355,7 @@ export class ItemCache {
     const r = this.touch(k);
     const e = this.entries.get(k);
     if (e !== undefined) {
+      assertNotDirtyDelta(e);
       this.count("item_cache_hit");
       return isTombstone(e) ? { kind: "negative" } : { kind: "hit", val: e.val };
     }
@@ -335,21 +367,24 @@ export class ItemCache {
     return { kind: "miss" };
   }
 
-  /** The dirty version of key (tombstones included), without a lock: no clean entries. */
+  /**
+   * The dirty version of key (tombstones included; a delta: this mount's whole uncommitted
+   * contribution, in flight or not), without a lock: no clean entries.
+   */
   getDirty(key: Buffer): Item | undefined {
-    return asItem(this.dirtyIndex.get(sk(key)));
+    return dirtyItem(this.dirtyIndex.get(sk(key)));
   }
 
   /** The first dirty entry (tombstones included) with key <= its key <= end. */
   nextDirty(key: Buffer, end: Buffer): Item | undefined {
     const e = this.dirtyIndex.ceil(sk(key));
-    return e === undefined || e.sk > sk(end) ? undefined : asItem(e);
+    return e === undefined || e.sk > sk(end) ? undefined : dirtyItem(e);
   }
 
   /** The last dirty entry (tombstones included) with start <= its key <= key. */
   prevDirty(key: Buffer, start: Buffer): Item | undefined {
     const e = this.dirtyIndex.floor(sk(key));
-    return e === undefined || e.sk < sk(start) ? undefined : asItem(e);
+    return e === undefined || e.sk < sk(start) ? undefined : dirtyItem(e);
   }
 
   /** The first current item in [key, end] as far as complete ranges tell. */
@@ -367,6 +402,7 @@ export class ItemCache {
       let e = this.entries.ceil(p);
       while (e !== undefined && e.sk <= bound && isTombstone(e)) e = this.entries.after(e);
       if (e !== undefined && e.sk <= bound) {
+        assertNotDirtyDelta(e);
         this.count("item_cache_hit");
         return { kind: "hit", item: { key: e.key, val: e.val } };
       }
@@ -394,6 +430,7 @@ export class ItemCache {
       let e = this.entries.floor(p);
       while (e !== undefined && e.sk >= bound && isTombstone(e)) e = this.entries.before(e);
       if (e !== undefined && e.sk >= bound) {
+        assertNotDirtyDelta(e);
         this.count("item_cache_hit");
         return { kind: "hit", item: { key: e.key, val: e.val } };
       }
@@ -441,7 +478,7 @@ export class ItemCache {
       prev = k;
       if (isTombstone(it) || this.entries.get(k) !== undefined) continue;
       const e: Entry = { key: Buffer.from(it.key), sk: k, val: Buffer.from(it.val), seq: it.seq,
-        flags: it.flags, dirty: false, inFlight: false };
+        flags: it.flags, dirty: false, inFlight: false, later: null };
       this.entries.insert(e);
       this.bytesUsed += entryBytes(e);
     }
@@ -455,8 +492,8 @@ export class ItemCache {
   // Dirty items and commits.
 
   /**
-   * Records a new dirty version; the cache owns the item's buffers from now on. The caller
-   * bounds the dirty count.
+   * Records a new dirty version, or adds a delta to the key's dirty one; the cache owns the
+   * item's buffers from now on. The caller bounds the dirty count.
    */
   put(it: Item): void {
     assert(it.key.length === KEY_SIZE, "item key size");
@@ -464,17 +501,22 @@ export class ItemCache {
     const e = this.entries.get(k);
     if (e === undefined) {
       const n: Entry = { key: it.key, sk: k, val: it.val, seq: it.seq, flags: it.flags,
-        dirty: true, inFlight: false };
+        dirty: true, inFlight: false, later: null };
       this.entries.insert(n);
       this.dirtyIndex.insert(n);
       this.bytesUsed += entryBytes(n);
       this.pending++;
       return;
     }
+    if (isDelta(it)) {
+      this.addDelta(e, it);
+      return;
+    }
     this.bytesUsed -= entryBytes(e);
     e.val = it.val;
     e.seq = it.seq;
     e.flags = it.flags;
+    e.later = null; // a newest-wins version replaces every delta before it
     this.bytesUsed += entryBytes(e);
     if (!e.dirty) {
       e.dirty = true;
@@ -487,13 +529,37 @@ export class ItemCache {
     }
   }
 
+  /**
+   * Adds a delta to the key's dirty delta (a dirty delta only: a clean entry is a read value
+   * that no WRITE_ONLY holder can have, and a dirty newest-wins version cannot take a delta).
+   */
+  private addDelta(e: Entry, it: Item): void {
+    assert(e.dirty && isDelta(e), `delta over a ${e.dirty ? "dirty" : "clean"} ` +
+      `non-delta version of ${formatKey(it.key)}`);
+    this.bytesUsed -= entryBytes(e);
+    e.seq = Math.max(e.seq, it.seq);
+    if (e.inFlight) {
+      // the commit carries val; this part belongs to the next transaction
+      e.inFlight = false;
+      e.later = it.val;
+      this.pending++;
+    } else if (e.later !== null) {
+      e.later = sumDeltas([e.later, it.val]);
+    } else {
+      e.val = sumDeltas([e.val, it.val]);
+    }
+    this.bytesUsed += entryBytes(e);
+  }
+
   /** Takes the dirty items for a commit: copies in key order. One commit at a time. */
   beginCommit(): Item[] {
     assert(this.inFlight === null, "a commit is already in flight");
     const taken: Entry[] = [...this.dirtyIndex.all()];
     const items: Item[] = [];
+    this.commitsBegun++;
     for (const e of taken) {
       assert(e.dirty, "dirty index holds a clean entry");
+      assert(e.later === null, "a delta kept apart with no commit in flight");
       e.inFlight = true;
       items.push({ key: Buffer.from(e.key), val: Buffer.from(e.val), seq: e.seq,
         flags: e.flags });
@@ -516,6 +582,10 @@ export class ItemCache {
     if (committed) this.commitsDone++;
     let removed = false;
     for (const e of taken) {
+      if (e.later !== null) {
+        this.settleLater(e, committed);
+        continue;
+      }
       if (!e.inFlight) continue;
       e.inFlight = false;
       if (!committed) {
@@ -524,13 +594,23 @@ export class ItemCache {
       }
       e.dirty = false;
       assert(this.dirtyIndex.remove(e.sk) === e, "committed entry in the dirty index");
-      if (isTombstone(e) || this.rangeAt(e.sk) === undefined) {
+      if (isTombstone(e) || isDelta(e) || this.rangeAt(e.sk) === undefined) {
         assert(this.entries.remove(e.sk) === e, "committed entry cached");
         this.bytesUsed -= entryBytes(e);
         removed = true;
       }
     }
     if (removed) this.generation++;
+  }
+
+  /** A delta updated during the commit: what is left of it once the commit settled. */
+  private settleLater(e: Entry, committed: boolean): void {
+    const later = e.later;
+    assert(later !== null && e.dirty && !e.inFlight && isDelta(e), "delta kept apart");
+    this.bytesUsed -= entryBytes(e);
+    e.val = committed ? later : sumDeltas([e.val, later]);
+    e.later = null;
+    this.bytesUsed += entryBytes(e);
   }
 
   // -------------------------------------------------------------------------------------
@@ -551,6 +631,28 @@ export class ItemCache {
       this.bytesUsed -= entryBytes(e);
     }
     this.generation++;
+  }
+
+  /**
+   * Why a lock covering [start, end] may not be granted now, or null (upstream's
+   * bug_on_inconsistent_grant_cache). No dirty item may lie in it: only WRITE and WRITE_ONLY
+   * dirty items and a grant never comes from either (WRITE_ONLY reaches WRITE through NULL,
+   * whose invalidation committed them). Nothing may be cached in it unless both the old and
+   * the new mode may read (cachedAllowed: READ upgraded to WRITE keeps its cache): cached
+   * items from before a NULL would be stale. Clean entries lie in complete ranges, so
+   * looking at the ranges is enough.
+   */
+  grantProblem(start: Buffer, end: Buffer, cachedAllowed: boolean): string | null {
+    const s = sk(start);
+    const last = sk(end);
+    const d = this.dirtyIndex.ceil(s);
+    if (d !== undefined && d.sk <= last) return `dirty item ${formatKey(d.key)}`;
+    if (cachedAllowed) return null;
+    const r = this.ranges[this.firstEndingAtOrAfter(s)];
+    if (r !== undefined && r.s <= last) {
+      return `cached range ${formatKey(r.start)}..${formatKey(r.end)}`;
+    }
+    return null;
   }
 
   /** Clean entries and complete ranges overlapping [start, end] (grant-time checks). */
@@ -724,6 +826,8 @@ export class ItemCache {
       assert(prevKey === "" || prevKey < e.sk, "entries sorted");
       prevKey = e.sk;
       bytes += entryBytes(e);
+      assert(e.later === null || (e.dirty && isDelta(e) && !e.inFlight &&
+        this.inFlight?.includes(e) === true), "delta kept apart outside a commit");
       if (e.dirty) {
         dirty++;
         if (!e.inFlight) pending++;
@@ -744,6 +848,27 @@ export class ItemCache {
   }
 }
 
-function asItem(e: Entry | undefined): Item | undefined {
-  return e === undefined ? undefined : { key: e.key, val: e.val, seq: e.seq, flags: e.flags };
+/**
+ * What a lock-less reader sees of a key this mount holds the dirty delta `d` of: the
+ * forest's current version `f` (combined over the trees, or null) plus d, as an open log
+ * tree's delta always adds (forest.ts); over a newest-wins version, d is newer and stands
+ * alone (btree_merge.ts's rule for mixed versions). Null when it sums to zero: absent.
+ */
+export function addDirtyDelta(f: Item | null, d: Item): Item | null {
+  assert(isDelta(d), "addDirtyDelta of a non-delta");
+  const val = f !== null && isDelta(f) ? sumDeltas([f.val, d.val]) : d.val;
+  if (isZeroDelta(val)) return null;
+  return { key: d.key, val, seq: Math.max(d.seq, f?.seq ?? 0), flags: ITEM_DELTA };
+}
+
+/** A dirty entry as an item: a delta with both its parts. */
+function dirtyItem(e: Entry | undefined): Item | undefined {
+  if (e === undefined) return undefined;
+  const val = e.later === null ? e.val : sumDeltas([e.val, e.later]);
+  return { key: e.key, val, seq: e.seq, flags: e.flags };
+}
+
+/** A read under a lock (READ or WRITE) never meets a dirty delta (see the header). */
+function assertNotDirtyDelta(e: Entry): void {
+  assert(!(e.dirty && isDelta(e)), `a locked read met the dirty delta ${formatKey(e.key)}`);
 }

@@ -9,7 +9,8 @@
  *   net.register(NetCmd.LOCK, (p) => locks.handleInvalidate(p))
  *   net.register(NetCmd.LOCK_RECOVER, (p) => locks.handleRecover(p))
  *   onConnected: (term, newServer) => { if (newServer) locks.serverChanged(term) }
- * and the transaction/item-cache owner provides onInvalidate (see InvalidateHook).
+ * and the transaction/item-cache owner provides onInvalidate (see InvalidateHook) and
+ * grantProblem (see GrantCheck).
  *
  * Model. Each lock the mount knows has a granted `mode` (what the server records once our
  * replies reached it), users per mode, FIFO waiters, at most one request in flight and at
@@ -36,7 +37,9 @@
  *
  * Invariants: no user ever holds a mode the granted mode does not satisfy; the mode is only
  * lowered after onInvalidate returned; a lock with users, waiters, a request or an
- * invalidation is never freed; refresh_gen changes on every grant out of NULL. Bounds:
+ * invalidation is never freed; refresh_gen changes on every grant out of NULL; every grant
+ * is applied over an item cache holding nothing stale in its range (asserted through
+ * grantProblem: no dirty item, nothing cached unless both modes read). Bounds:
  * LOCK_CLIENT_MAX_LOCKS locks, LOCK_CLIENT_MAX_WAITERS waiters, LOCK_MAX_RANGES_PER_HANDLE
  * ranges per handle, LOCK_SHED_MAX_IN_FLIGHT sheds at once.
  *
@@ -110,6 +113,13 @@ export interface LockTransport {
 export type InvalidateHook = (range: LockRange, newMode: LockMode, dirtied: boolean) =>
   Promise<void>;
 
+/**
+ * Asked as each grant is applied, before the mode changes: why the item cache may not
+ * receive it, or null. `cachedAllowed` says whether cached items may lie in the range (both
+ * the old and the new mode may read); dirty items never may. A problem is a bug: asserted.
+ */
+export type GrantCheck = (range: LockRange, cachedAllowed: boolean) => string | null;
+
 /** A change of a lock's granted mode, for observers (tests, traces). */
 export interface LockModeChange {
   range: LockRange;
@@ -124,6 +134,8 @@ export interface LockClientOptions {
   counters: Counters;
   transport: LockTransport;
   onInvalidate: InvalidateHook;
+  /** The item cache's grant-time check (none: nothing cached, e.g. lock-only tests). */
+  grantProblem?: GrantCheck;
   /** Mount option lock_idle_count (default LOCK_IDLE_COUNT_DEFAULT). */
   lockIdleCount?: number;
   onModeChange?: (c: LockModeChange) => void;
@@ -151,6 +163,22 @@ export interface LockHandle {
 /** True if a granted mode lets a user of mode `want` proceed. */
 export function modeSatisfies(granted: LockMode, want: LockMode): boolean {
   return granted === want || (granted === LockMode.WRITE && want === LockMode.READ);
+}
+
+/** Modes whose holders may read, and so cache, items. */
+export function modeCanRead(m: LockMode): boolean {
+  return m === LockMode.READ || m === LockMode.WRITE;
+}
+
+/**
+ * Asserts that the item cache may receive a grant of `range` from `from` to `to` (see
+ * GrantCheck): nothing cached unless both modes read, nothing dirty.
+ */
+export function assertGrantConsistent(check: GrantCheck | undefined, range: LockRange,
+  from: LockMode, to: LockMode): void {
+  const problem = check?.(range, modeCanRead(from) && modeCanRead(to)) ?? null;
+  assert(problem === null, `grant of ${formatRange(range)} ${lockModeName(from)} -> ` +
+    `${lockModeName(to)} over an inconsistent item cache: ${problem}`);
 }
 
 /** The mode an invalidation to `target` leaves a lock granted `cur` in. */
@@ -539,6 +567,7 @@ export class LockClient {
 
   private applyGrant(lock: ClientLock, g: LockGrant): void {
     const prev = lock.mode;
+    assertGrantConsistent(this.opts.grantProblem, lock.range, prev, g.mode);
     const wasShed = lock.shedding;
     lock.requesting = undefined;
     lock.shedding = false;

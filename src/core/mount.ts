@@ -38,9 +38,13 @@ export interface ScoutMountOptions {
   rid: bigint;
   /** quorum_slot_nr, or null for a mount that never runs the server. */
   quorumSlot: number | null;
+  /** The data device (the mount source), where file contents live. */
+  data?: BlockDevice;
   heartbeatTimeoutMs?: number;
   fenceLeader(prev: PrevLeader): Promise<void>;
   fenceClient(rid: bigint, reason: FenceReason): Promise<void>;
+  /** The host knows this rid's mount is dead: a new server reclaims it without waiting. */
+  ridKnownDead?(rid: bigint): Promise<boolean>;
   recoveryTimeoutMs?: number;
   netTuning?: Partial<NetTuning>;
   cacheBytes?: number;
@@ -75,7 +79,7 @@ export class ScoutMount {
     });
     this.client = new MountClient(env, meta, this.counters, {
       fsid: sb.hdr.fsid, fmtVers: sb.fmtVers, rid: opts.rid, quorum: this.quorum !== null,
-      totalMetaBlocks: sb.totalMetaBlocks, cacheBytes: opts.cacheBytes,
+      totalMetaBlocks: sb.totalMetaBlocks, cacheBytes: opts.cacheBytes, data: opts.data,
       getServerAddr: () => this.findServer(qconf), netTuning: opts.netTuning,
       onLockModeChange: opts.onLockModeChange,
     });
@@ -131,6 +135,8 @@ export class ScoutMount {
     const server = new Server(this.env, vol, this.counters, {
       fsid: this.sb.hdr.fsid, fmtVers: this.sb.fmtVers, term, ...this.opts.server,
       fenceClient: (rid, reason) => this.opts.fenceClient(rid, reason),
+      ridKnownDead: this.opts.ridKnownDead === undefined ? undefined
+        : (rid) => this.opts.ridKnownDead!(rid),
       recoveryTimeoutMs: this.opts.recoveryTimeoutMs, netTuning: this.opts.netTuning,
       onFatal: () => {
         if (this.serverNow !== server) return;

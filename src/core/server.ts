@@ -55,6 +55,8 @@ export interface ServerOptions {
    * can no longer write. Without one, such mounts are never reclaimed (tests of one server).
    */
   fenceClient?: (rid: bigint, reason: FenceReason) => Promise<void>;
+  /** The host knows this rid's mount is dead (recovery need not wait for it). */
+  ridKnownDead?: (rid: bigint) => Promise<boolean>;
   /** How long previously mounted clients have to reconnect after a failover. */
   recoveryTimeoutMs?: number;
   /** The server stopped on a persistent error (the quorum agent must resign). */
@@ -109,6 +111,7 @@ export class Server {
     this.recovery = new ClientRecovery({
       env, counters, hold: (fn) => this.hold(fn),
       fence: (rid, reason) => opts.fenceClient!(rid, reason),
+      knownDead: opts.ridKnownDead,
       removeLocks: (rid) => { this.lockServer?.removeClient(rid); },
       requestMerge: () => { this.requestMerge(); },
       onFatal: (e) => { this.fatal(e); },

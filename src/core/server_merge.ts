@@ -31,8 +31,17 @@
  *    on the parents around it: its splice leaves a SPLICE item, no new requests are handed out
  *    until the outstanding ones drain, then the server rebalances the path (split/join at
  *    level 1) and queues the remaining range.
- * 3. Freeing. When no range, request or splice is left, the round's input trees are deleted:
- *    their item blocks and blooms freed, their unused allocators returned to the global ones.
+ * 3. Freeing (upstream's log merge freeing). When no range, request or splice is left, the
+ *    round's input trees are retired: each one's log_trees item is deleted (readers stop
+ *    seeing it: every item of it is in fs_root), its bloom block freed, its allocators
+ *    returned to the global ones, and its item root recorded in a FREEING item; the status
+ *    item goes with the last one (the round is over). Then the server frees the recorded
+ *    trees' blocks, at most freeBlocksPerCommit (MERGE_FREE_BLOCKS_PER_COMMIT) per commit, a
+ *    retirement's bloom blocks included, each commit recording how far it got
+ *    (btree_free.ts: a resumed step frees exactly what was left), so a huge round never
+ *    makes one huge commit and every other request keeps being served between the steps.
+ *    A new server finishes freeing left by its predecessor before it starts a round; fsck
+ *    counts the blocks a FREEING item still owns.
  *
  * Failover and dead mounts. Everything above is in the log_merge btree, so a new server
  * continues the round. A request is cancelled (its range queued again, its original
@@ -59,9 +68,9 @@ import {
 } from "./alloc.js";
 import type { BlockCache } from "./block.js";
 import {
-  btreeCollect, btreeDelete, btreeForce, btreeFree, btreeInsert, btreeLookup, btreeNext,
-  btreeRebalance,
+  btreeCollect, btreeDelete, btreeForce, btreeInsert, btreeLookup, btreeNext, btreeRebalance,
 } from "./btree.js";
+import { BTREE_FREE_MIN_BLOCKS, btreeFreeStep } from "./btree_free.js";
 import { btreeMerge } from "./btree_merge.js";
 import {
   btreeGetParent, btreeSetParent, readSubtreeRoot, sameRef, sameRoot, type Subtree,
@@ -71,12 +80,12 @@ import {
   type AllocListHead, type BtreeRoot, corrupt, emptyListHead, Magic, type SuperBlock,
 } from "./format.js";
 import {
-  decodeLogMergeRange, decodeLogMergeRequest, decodeLogMergeSplice, decodeLogMergeStatus,
-  decodeLogMergeCompletion, encodeLogMergeRange, encodeLogMergeRequest, encodeLogMergeSplice,
-  encodeLogMergeStatus, encodeLogTrees, LOG_MERGE_COMP_ERROR, LOG_MERGE_COMP_REMAIN,
-  LOG_MERGE_REQUEST_WHOLE, LOG_MERGE_SPLICE_REMAIN, LOG_TREES_FLAG_FINALIZED,
-  type LogMergeCompletion, type LogMergeRange, type LogMergeRequest, type LogMergeSplice,
-  type LogMergeStatus, type LogTrees,
+  decodeLogMergeFreeing, decodeLogMergeRange, decodeLogMergeRequest, decodeLogMergeSplice,
+  decodeLogMergeStatus, decodeLogMergeCompletion, encodeLogMergeFreeing, encodeLogMergeRange,
+  encodeLogMergeRequest, encodeLogMergeSplice, encodeLogMergeStatus, encodeLogTrees,
+  LOG_MERGE_COMP_ERROR, LOG_MERGE_COMP_REMAIN, LOG_MERGE_REQUEST_WHOLE, LOG_MERGE_SPLICE_REMAIN,
+  LOG_TREES_FLAG_FINALIZED, type LogMergeCompletion, type LogMergeFreeing, type LogMergeRange,
+  type LogMergeRequest, type LogMergeSplice, type LogMergeStatus, type LogTrees,
 } from "./format_log.js";
 import { listLogTrees } from "./forest.js";
 import {
@@ -99,6 +108,11 @@ export const MAX_MERGE_REQUESTS = 64;
 export const MAX_MERGE_RANGES = 4096;
 /** Splice items rebalanced per server commit. */
 export const MAX_SPLICES_PER_COMMIT = 64;
+/** Blocks of merged trees (item btree and bloom blocks) freed per server commit, at most. */
+export const MERGE_FREE_BLOCKS_PER_COMMIT = 512;
+/** Freeing items at most: one per retired log tree, a round's inputs at a time. */
+export const MAX_MERGE_FREEING = 4096;
+assert(MERGE_FREE_BLOCKS_PER_COMMIT >= BTREE_FREE_MIN_BLOCKS, "merge free step bound");
 /** Work waited this long without any mount asking for it: the server merges by itself. */
 export const MERGE_FALLBACK_IDLE_MS = 2_000;
 const POLL_MS = 5;
@@ -110,6 +124,7 @@ const rangeKey = (id: number): Buffer => makeKey(Zone.LOG_MERGE_RANGE, 0n, 0, Bi
 const requestKey = (rid: bigint, seq: number): Buffer =>
   makeKey(Zone.LOG_MERGE_REQUEST, rid, 0, BigInt(seq));
 const spliceKey = (seq: number): Buffer => makeKey(Zone.LOG_MERGE_COMPLETE, 0n, 0, BigInt(seq));
+const freeingKey = (seq: number): Buffer => makeKey(Zone.LOG_MERGE_FREEING, 0n, 0, BigInt(seq));
 
 /** What the merge needs from the server. */
 export interface MergeHost {
@@ -136,10 +151,12 @@ interface MergeState {
   ranges: { id: number; range: LogMergeRange }[];
   requests: LogMergeRequest[];
   splices: { seq: number; splice: LogMergeSplice }[];
+  /** Retired trees whose blocks are being freed, oldest first. */
+  freeing: { seq: number; fr: LogMergeFreeing }[];
 }
 
 async function readState(cache: BlockCache, logMerge: BtreeRoot): Promise<MergeState> {
-  const s: MergeState = { status: null, ranges: [], requests: [], splices: [] };
+  const s: MergeState = { status: null, ranges: [], requests: [], splices: [], freeing: [] };
   for (const it of await btreeCollect(cache, logMerge, MIN_KEY, MAX_KEY)) {
     const zone = keyZone(it.key);
     if (zone === Zone.LOG_MERGE_STATUS) s.status = decodeLogMergeStatus(it.val);
@@ -148,10 +165,14 @@ async function readState(cache: BlockCache, logMerge: BtreeRoot): Promise<MergeS
     } else if (zone === Zone.LOG_MERGE_REQUEST) s.requests.push(decodeLogMergeRequest(it.val));
     else if (zone === Zone.LOG_MERGE_COMPLETE) {
       s.splices.push({ seq: Number(keySecond(it.key)), splice: decodeLogMergeSplice(it.val) });
+    } else if (zone === Zone.LOG_MERGE_FREEING) {
+      s.freeing.push({ seq: Number(keySecond(it.key)), fr: decodeLogMergeFreeing(it.val) });
     } else throw corrupt(`log_merge item of zone ${zone}`);
   }
-  if (s.ranges.length > MAX_MERGE_RANGES || s.requests.length > MAX_MERGE_REQUESTS) {
-    throw corrupt(`log_merge holds ${s.ranges.length} ranges, ${s.requests.length} requests`);
+  if (s.ranges.length > MAX_MERGE_RANGES || s.requests.length > MAX_MERGE_REQUESTS ||
+    s.freeing.length > MAX_MERGE_FREEING) {
+    throw corrupt(`log_merge holds ${s.ranges.length} ranges, ${s.requests.length} requests, ` +
+      `${s.freeing.length} freeing trees`);
   }
   s.ranges.sort((a, b) => Buffer.compare(a.range.start, b.range.start));
   return s;
@@ -190,6 +211,8 @@ export class LogMerger {
   private forced = false;
   /** When a mount last asked for work or completed some (for the fallback). */
   private lastAskMs = 0;
+  /** Blocks of merged trees freed per commit (tests lower it to see many steps). */
+  freeBlocksPerCommit = MERGE_FREE_BLOCKS_PER_COMMIT;
 
   constructor(private readonly host: MergeHost) {}
 
@@ -215,6 +238,11 @@ export class LogMerger {
 
   private async round(): Promise<void> {
     const stable = await readState(this.host.cache, this.host.stableSuper().logMerge);
+    if (!stable.status && stable.freeing.length > 0) {
+      // the freeing of an ended round, left by a previous server
+      if (!(await this.freeAll())) return;
+      this.host.counters.inc("log_merge_complete");
+    }
     if (!stable.status) {
       const trees = await this.host.committedLogTrees();
       const finalized = trees.filter((lt) => (lt.flags & LOG_TREES_FLAG_FINALIZED) !== 0);
@@ -229,7 +257,8 @@ export class LogMerger {
     }
     this.lastAskMs = this.host.monotonicMs();
     if (!(await this.drive())) return;
-    if (await this.freeFinalized()) this.host.counters.inc("log_merge_complete");
+    if (!(await this.retireAll()) || !(await this.freeAll())) return;
+    this.host.counters.inc("log_merge_complete");
   }
 
   /** Phase 1: returns false when the mounts did not all commit in time. */
@@ -565,24 +594,80 @@ export class LogMerger {
     }
   }
 
-  /** Phase 3: delete the merged trees and return what they held; true when the round ended. */
-  private async freeFinalized(): Promise<boolean> {
-    let ended = false;
-    await this.host.hold(async (t) => {
-      ended = false;
-      const s = await readState(t.w.cache, t.sb.logMerge);
-      if (!s.status || s.ranges.length + s.requests.length + s.splices.length > 0) return;
-      for (const lt of await inputTrees(t.w.cache, t.sb.logsRoot, s.status.roundSeq)) {
-        await btreeFree(t.w, lt.itemRoot);
-        if (lt.bloomRef.blkno !== 0) await t.w.freeRef(lt.bloomRef);
-        await returnLogTreeAllocators(t, lt, "all");
-        await btreeDelete(t.w, t.sb.logsRoot, logTreesKey(lt.rid, BigInt(lt.nr)));
+  /** Phase 3, retiring: true once the round ended (every input retired), false if stopped. */
+  private async retireAll(): Promise<boolean> {
+    for (;;) {
+      if (this.host.stopped()) return false;
+      const out = { ended: false };
+      await this.host.hold(async (t) => { out.ended = await this.retireStep(t); });
+      if (out.ended) return true;
+    }
+  }
+
+  /**
+   * Retires input trees, their bloom blocks counting against the step's bound; with the last
+   * one, deletes the round's status. True when the round ended (or had ended already).
+   */
+  private async retireStep(t: VolumeTxn): Promise<boolean> {
+    const s = await readState(t.w.cache, t.sb.logMerge);
+    if (!s.status) return true;
+    assert(s.ranges.length + s.requests.length + s.splices.length === 0,
+      "log merge freeing before the merge is done");
+    let freed = 0;
+    for (const lt of await inputTrees(t.w.cache, t.sb.logsRoot, s.status.roundSeq)) {
+      const bloom = lt.bloomRef.blkno !== 0 ? 1 : 0;
+      if (freed + bloom > this.freeBlocksPerCommit) return false;
+      await this.retire(t, lt);
+      freed += bloom;
+    }
+    this.host.counters.inc("log_merge_freed_blocks", freed);
+    await btreeDelete(t.w, t.sb.logMerge, statusKey());
+    return true;
+  }
+
+  /** A merged tree leaves logs_root; its item blocks are freed later, by freeStep. */
+  private async retire(t: VolumeTxn, lt: LogTrees): Promise<void> {
+    if (lt.bloomRef.blkno !== 0) await t.w.freeRef(lt.bloomRef);
+    await returnLogTreeAllocators(t, lt, "all");
+    await btreeDelete(t.w, t.sb.logsRoot, logTreesKey(lt.rid, BigInt(lt.nr)));
+    if (lt.itemRoot.height > 0) {
+      const fr: LogMergeFreeing = { root: lt.itemRoot, rid: lt.rid, nr: lt.nr, next: MIN_KEY };
+      await btreeInsert(t.w, t.sb.logMerge, freeingKey(this.host.nextSeq()),
+        encodeLogMergeFreeing(fr), { seq: 0 });
+    }
+    this.host.counters.inc("log_merge_retired_trees");
+  }
+
+  /** Phase 3, freeing, one bounded commit at a time: true once nothing is left to free. */
+  private async freeAll(): Promise<boolean> {
+    for (;;) {
+      if (this.host.stopped()) return false;
+      const out = { more: false };
+      await this.host.hold(async (t) => { out.more = await this.freeStep(t); });
+      if (!out.more) return true;
+    }
+  }
+
+  /** Frees up to freeBlocksPerCommit blocks of the retired trees; true if some are left. */
+  private async freeStep(t: VolumeTxn): Promise<boolean> {
+    const s = await readState(t.w.cache, t.sb.logMerge);
+    let budget = this.freeBlocksPerCommit;
+    if (s.freeing.length > 0) this.host.counters.inc("log_merge_free_steps");
+    for (const { seq, fr } of s.freeing) {
+      if (budget < BTREE_FREE_MIN_BLOCKS) return true;
+      const r = await btreeFreeStep(t.w, fr.root, fr.next, budget);
+      budget -= r.freed;
+      this.host.counters.inc("log_merge_freed_blocks", r.freed);
+      if (r.next === null) {
+        await btreeDelete(t.w, t.sb.logMerge, freeingKey(seq));
         this.host.counters.inc("log_merge_freed_trees");
+        continue;
       }
-      await btreeDelete(t.w, t.sb.logMerge, statusKey());
-      ended = true;
-    });
-    return ended;
+      await btreeForce(t.w, t.sb.logMerge, freeingKey(seq),
+        encodeLogMergeFreeing({ ...fr, next: r.next }), { seq: 0 });
+      return true;
+    }
+    return false;
   }
 }
 

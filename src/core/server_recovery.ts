@@ -55,6 +55,12 @@ export interface RecoveryHost {
   hold(fn: (t: VolumeTxn) => Promise<void>): Promise<void>;
   /** Resolves once the rid can no longer write (fenced); rejects if fencing failed. */
   fence(rid: bigint, reason: FenceReason): Promise<void>;
+  /**
+   * True if the host knows the rid's mount is dead (its process is gone): recovery fences
+   * and reclaims it at once instead of waiting out the timeout for a reconnect that cannot
+   * come. Absent or false: wait.
+   */
+  knownDead?(rid: bigint): Promise<boolean>;
   /** The fenced rid's locks are released. */
   removeLocks(rid: bigint): void;
   /** A reclaimed non-empty log tree must be finalized and merged. */
@@ -82,6 +88,16 @@ export class ClientRecovery {
       this.timer = null;
       for (const rid of [...this.pending]) this.fenceAndReclaim(rid, "client_recovery");
     });
+    const dead = this.host.knownDead;
+    if (dead === undefined) return;
+    for (const rid of [...this.pending]) {
+      void dead(rid).then((yes) => {
+        if (yes && this.pending.has(rid) && !this.host.stopped()) {
+          this.host.counters.inc("fence_known_dead");
+          void this.fenceAndReclaim(rid, "client_recovery");
+        }
+      }, () => undefined);
+    }
   }
 
   /** Rids of the previous server's mounts that have not greeted yet. */

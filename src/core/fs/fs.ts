@@ -16,7 +16,7 @@
 import { assert } from "../../util/assert.js";
 import { FsError } from "../../util/errno.js";
 import type { MountClient } from "../client.js";
-import type { InodeValue, Timespec } from "../format.js";
+import { INODE_FLAG_TRUNCATE, type InodeValue, type Timespec } from "../format.js";
 import { symlinkKey } from "../key.js";
 import { LockMode } from "../lock_msg.js";
 import { NetCmd } from "../msg.js";
@@ -30,6 +30,9 @@ import {
   LINK_MAX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SCOUTFS_SUPER_MAGIC, SYMLINK_MAX_SIZE, SYMLINK_PART_MAX,
   validFileType, NAME_LEN_MAX,
 } from "./format.js";
+import {
+  DataOps, DEFAULT_PREALLOC_BLOCKS, DEFAULT_PREALLOC_CONTIG_ONLY, type FiemapExtent,
+} from "./data.js";
 import { InoAllocator } from "./ino_alloc.js";
 import {
   attrOf, checkNotRetained, dropLink, type InodeAttr, newInodeValue, setattr, type SetattrIn,
@@ -54,8 +57,12 @@ export type ReaddirCb = (name: Buffer, nextPos: bigint, ino: bigint, type: numbe
 export interface ScoutFsOptions {
   /** Link limit (default LINK_MAX; tests lower it to reach EMLINK). */
   linkMax?: number;
-  /** Data extents past a new size (default: none exist yet). */
+  /** Replaces the data path's truncate hook (tests of the namespace alone). */
   truncate?: TruncateHook;
+  /** Mount option data_prealloc_blocks (default 2048). */
+  dataPreallocBlocks?: number;
+  /** Mount option data_prealloc_contig_only (default true). */
+  dataPreallocContigOnly?: boolean;
 }
 
 export interface Statfs {
@@ -76,6 +83,8 @@ export class ScoutFs {
   readonly refs: InodeRefs;
   readonly xattrs: XattrOps;
   readonly linkMax: number;
+  /** File data (data.ts); its opts are the data mount options, changeable at run time. */
+  readonly data: DataOps;
   private readonly inoAlloc: InoAllocator;
   private readonly truncateHook: TruncateHook;
 
@@ -84,7 +93,12 @@ export class ScoutFs {
     this.inoAlloc = new InoAllocator(client);
     this.linkMax = opts.linkMax ?? LINK_MAX;
     assert(this.linkMax >= 2 && this.linkMax <= LINK_MAX, "link limit");
-    this.truncateHook = opts.truncate ?? (() => Promise.resolve());
+    this.data = new DataOps(this.runner, client, {
+      preallocBlocks: opts.dataPreallocBlocks ?? DEFAULT_PREALLOC_BLOCKS,
+      preallocContigOnly: opts.dataPreallocContigOnly ?? DEFAULT_PREALLOC_CONTIG_ONLY,
+    }, () => this.now());
+    this.truncateHook = opts.truncate ??
+      ((ctx, ino, oldSize, newSize) => this.data.truncate(ctx, ino, oldSize, newSize));
     this.refs = new InodeRefs(this.runner, this.truncateHook);
     this.xattrs = new XattrOps(this.runner, () => this.now());
   }
@@ -327,7 +341,12 @@ export class ScoutFs {
   // Attributes, rename, xattrs, references.
 
   async setattr(ino: bigint, inp: SetattrIn, cred: Cred): Promise<InodeAttr> {
-    return setattr(this.runner, ino, inp, cred, this.now(), this.truncateHook);
+    const a = await this.data.withTruncate(ino,
+      () => setattr(this.runner, ino, inp, cred, this.now(), this.truncateHook));
+    if ((a.flags & INODE_FLAG_TRUNCATE) === 0) return a;
+    // more extents than one operation frees: the rest in further operations
+    await this.data.finishTruncate(ino);
+    return this.getattr(ino);
   }
 
   /** rename / renameat2 (flags RENAME_NOREPLACE 1, RENAME_EXCHANGE 2). */
@@ -374,6 +393,35 @@ export class ScoutFs {
   /** Commits the open transaction (fsync, syncfs). */
   sync(): Promise<void> {
     return this.client.commit();
+  }
+
+  // -------------------------------------------------------------------------------------
+  // File data (data.ts).
+
+  /** Up to size bytes at offset: short at EOF, zeros in holes and unwritten extents. */
+  read(ino: bigint, offset: bigint, size: number): Promise<Buffer> {
+    return this.data.read(ino, offset, size);
+  }
+
+  /** Writes data at offset; the bytes written (short only when the volume filled up). */
+  write(ino: bigint, offset: bigint, data: Buffer, cred: Cred): Promise<number> {
+    return this.data.write(ino, offset, data, cred);
+  }
+
+  /** fallocate(2): mode 0 or FALLOC_FL_KEEP_SIZE (others EOPNOTSUPP). */
+  fallocate(ino: bigint, mode: number, offset: bigint, length: bigint, cred: Cred):
+    Promise<void> {
+    return this.data.fallocate(ino, mode, offset, length, cred);
+  }
+
+  /** The file's extents in bytes (FIEMAP flags: LAST, UNKNOWN for offline, UNWRITTEN). */
+  fiemap(ino: bigint): Promise<FiemapExtent[]> {
+    return this.data.fiemap(ino);
+  }
+
+  /** fsync/fdatasync: commits the mount's transaction (nothing to do when it is clean). */
+  fsync(ino: bigint, datasync: boolean): Promise<void> {
+    return this.data.fsync(ino, datasync);
   }
 
   private async dirInode(ctx: OpCtx, ino: bigint, mode: LockMode): Promise<InodeValue> {

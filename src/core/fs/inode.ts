@@ -73,9 +73,12 @@ export interface SetattrIn {
   viaOpenFile?: boolean;
 }
 
-/** Called when a regular file's size changes: data extents past the new size go (later). */
+/**
+ * Called when a regular file's size changes (and by inode deletion, with newSize 0): data
+ * extents past the new size go (data.ts). True when extents remain for further operations.
+ */
 export type TruncateHook = (ctx: OpCtx, ino: bigint, oldSize: bigint, newSize: bigint) =>
-  Promise<void>;
+  Promise<boolean>;
 
 export async function setattr(runner: OpRunner, ino: bigint, inp: SetattrIn, cred: Cred,
   now: Timespec, truncate: TruncateHook): Promise<InodeAttr> {

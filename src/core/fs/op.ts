@@ -74,6 +74,8 @@ export class OpCtx {
   private readonly inodes = new Map<bigint, InodeState>();
   private readonly writes: Write[] = [];
   private readonly orphans: { ino: bigint; add: boolean }[] = [];
+  private readonly endHooks: ((applied: boolean) => void)[] = [];
+  private applied = false;
 
   constructor(readonly client: MountClient, private readonly handle: LockHandle,
     private readonly modes: ReadonlyMap<bigint, LockMode>, readonly fmtVers: number) {}
@@ -171,6 +173,20 @@ export class OpCtx {
     this.orphans.push({ ino, add });
   }
 
+  /**
+   * fn runs once when this run ends: right after apply(), in its synchronous step (applied),
+   * or when the run is abandoned (more locks needed, a commit first, an error). Data
+   * operations settle their allocations and release their transaction hold here.
+   */
+  onEnd(fn: (applied: boolean) => void): void {
+    this.endHooks.push(fn);
+  }
+
+  /** Runs the end hooks (the runner calls it once per run, before unlocking). */
+  end(): void {
+    for (const fn of this.endHooks.splice(0)) fn(this.applied);
+  }
+
   get writeCount(): number {
     return this.writes.length + this.inodes.size * 3 + this.orphans.length;
   }
@@ -201,6 +217,7 @@ export class OpCtx {
       if (o.add) c.put(orphanKey(o.ino), Buffer.alloc(0), seq);
       else c.delete(orphanKey(o.ino), seq);
     }
+    this.applied = true;
   }
 
   private applyInode(ino: bigint, st: InodeState, transSeq: bigint): void {
@@ -267,8 +284,9 @@ export class OpRunner {
       const handle = await this.client.locks.lockEach(reqs);
       let value: T;
       let full = false;
+      let ctx: OpCtx | null = null;
       try {
-        const ctx = new OpCtx(this.client, handle, groups, this.fmtVers);
+        ctx = new OpCtx(this.client, handle, groups, this.fmtVers);
         value = await body(ctx);
         // too full to take this operation's items: commit, then run it again
         if (ctx.writeCount > 0 && this.client.dirtyCount > OP_COMMIT_THRESHOLD) full = true;
@@ -277,6 +295,7 @@ export class OpRunner {
         if (e instanceof NeedLocks) return { done: false, more: e.inos };
         throw e;
       } finally {
+        ctx?.end();
         this.client.locks.unlock(handle);
       }
       if (!full) return { done: true, value };

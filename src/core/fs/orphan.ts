@@ -126,7 +126,9 @@ export class InodeRefs {
           return "gone";
         }
         if (v.nlink !== 0) return "linked";
-        if (isReg(v.mode) && v.size !== 0n) await this.truncate(ctx, ino, v.size, 0n);
+        // data extents first (preallocated ones too, even at size 0), their blocks freed in
+        // batches: true means more remain for the next batch
+        if (isReg(v.mode) && await this.truncate(ctx, ino, v.size, 0n) === true) return "more";
         const start = makeKey(Zone.FS, ino, FsType.INODE + 1);
         const end = makeKey(Zone.FS, ino, 255, U64_MAX, U64_MAX, 255);
         const items = await ctx.range(start, end, ino, DELETE_BATCH_ITEMS);
