@@ -21,12 +21,13 @@ import type { InodeAttr, ScoutFs } from "../core/fs/fs.js";
 import type { Cred } from "../core/fs/perm.js";
 import type { SetattrIn } from "../core/fs/inode.js";
 import { LOCK_INODE_GROUP_NR } from "../core/lock_names.js";
+import { FIEMAP_EXTENT_UNWRITTEN } from "../core/fs/data.js";
 import { FsError } from "../util/errno.js";
 import type { FuseOps, ReaddirArgs, RequestContext } from "./ops.js";
 import {
   type AccessReq, type Attr, type AttrOut, type BatchForgetReq, type CreateOut, type CreateReq,
   type EntryOut, type FallocateReq, type ForgetReq, type FsyncReq, type GetattrReq,
-  type GetxattrReq, type LinkReq, type ListxattrReq, type MkdirReq, type MknodReq,
+  type GetxattrReq, type LinkReq, type ListxattrReq, type LseekReq, type MkdirReq, type MknodReq,
   type NameReq, type NodeReq, type OpenOut, type OpenReq, type ReadReq, type ReleaseReq,
   type RemovexattrReq, type RenameReq, type SetattrReq, type SetxattrReq, type Statfs,
   type SymlinkReq, type WriteReq, Fopen,
@@ -42,6 +43,8 @@ const GROUPS_CACHE_MAX = 4096;
 /** st_blksize reported: the data block size. */
 const BLKSIZE = 4096;
 const O_ACCMODE = 3;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
 const O_TRUNC = 0o1000;
 
 export interface VfsOptions {
@@ -205,6 +208,36 @@ export class ScoutVfs implements FuseOps {
   async fallocate(ctx: RequestContext, req: FallocateReq): Promise<void> {
     await this.fs.fallocate(ino(req.nodeid), req.mode, BigInt(req.offset), BigInt(req.length),
       await this.cred(ctx));
+  }
+
+  /**
+   * SEEK_DATA / SEEK_HOLE from the file's extents: online and offline extents are data,
+   * holes and unwritten (preallocated) extents read as zeros and count as holes, as ext4
+   * reports them. The kernel wrote back its dirty pages before asking.
+   */
+  async lseek(_ctx: RequestContext, req: LseekReq): Promise<number> {
+    const i = ino(req.nodeid);
+    const size = (await this.fs.getattr(i)).size;
+    const off = BigInt(req.offset);
+    if (req.whence !== SEEK_DATA && req.whence !== SEEK_HOLE) throw new FsError("EINVAL");
+    if (off >= size) throw new FsError("ENXIO");
+    const data = (await this.fs.fiemap(i))
+      .filter((e) => (e.flags & FIEMAP_EXTENT_UNWRITTEN) === 0)
+      .map((e) => ({ start: e.logical, end: e.logical + e.length }));
+    if (req.whence === SEEK_DATA) {
+      const e = data.find((x) => x.end > off);
+      if (e === undefined) throw new FsError("ENXIO");
+      const at = e.start > off ? e.start : off;
+      if (at >= size) throw new FsError("ENXIO");
+      return num(at);
+    }
+    let pos = off;
+    for (const e of data) {
+      if (e.end <= pos) continue;
+      if (e.start > pos) break;
+      pos = e.end;
+    }
+    return num(pos < size ? pos : size);
   }
 
   async release(_ctx: RequestContext, req: ReleaseReq): Promise<void> {

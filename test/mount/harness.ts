@@ -51,6 +51,8 @@ export interface Volume {
 /** A fresh volume on sparse files (small: -A), with quorum slot 0 on a random port. */
 export async function makeVolume(metaSize = "4G", dataSize = "16G"): Promise<Volume> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), "scoutfs-mount-"));
+  // other users (setpriv tests) must reach the mount point through it
+  await fsp.chmod(dir, 0o755);
   const meta = path.join(dir, "meta.img");
   const data = path.join(dir, "data.img");
   spawnSync("truncate", ["-s", metaSize, meta]);
@@ -120,12 +122,14 @@ export class Mount {
     if (this.mounted()) spawnSync("umount", ["-l", this.mp], { timeout: 30_000 });
   }
 
-  /** kill -9 of the daemon (crash tests); the watchdog lazily unmounts. */
+  /** kill -9 of the daemon (crash tests; a no-op if it is already dead); then the watchdog
+   * lazily unmounts (we do it ourselves if it has not within 10 s). */
   async crash(): Promise<void> {
     const pid = this.daemonPid();
-    if (pid === null) throw new Error("no daemon to kill");
-    process.kill(pid, "SIGKILL");
-    await waitGone(pid, 10_000);
+    if (pid !== null) {
+      process.kill(pid, "SIGKILL");
+      await waitGone(pid, 10_000);
+    }
     for (let i = 0; i < 100 && this.mounted(); i++) await sleep(100);
     if (this.mounted()) spawnSync("umount", ["-l", this.mp], { timeout: 30_000 });
   }

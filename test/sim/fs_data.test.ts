@@ -179,7 +179,16 @@ async function dataAccounting(meta: SimDisk): Promise<{ problems: string[]; used
     if (p.start + p.len > c.start) problems.push(`blocks ${c.start}.. are ${p.owner} and ${c.owner}`);
   }
   const total = sb.totalDataBlocks - DATA_DEV_START_BLKNO;
-  if (used + free !== total) problems.push(`${used} used + ${free} free != ${total} data blocks`);
+  if (used + free !== total) {
+    const gaps: string[] = [];
+    let pos = DATA_DEV_START_BLKNO;
+    for (const iv of ivs) {
+      if (iv.start > pos && gaps.length < 8) gaps.push(`${pos}..${iv.start - 1} (before ${iv.owner})`);
+      pos = Math.max(pos, iv.start + iv.len);
+    }
+    if (pos < sb.totalDataBlocks) gaps.push(`${pos}..${sb.totalDataBlocks - 1} (at the end)`);
+    problems.push(`${used} used + ${free} free != ${total} data blocks; gaps ${gaps.join(", ")}`);
+  }
   return { problems, used, free };
 }
 

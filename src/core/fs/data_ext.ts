@@ -35,10 +35,17 @@ export interface FileExtent {
 
 export const extEnd = (e: FileExtent): number => e.start + e.len - 1;
 
-/** Upstream scoutfs_ext_can_merge: logically and physically contiguous, same flags. */
+/**
+ * Upstream scoutfs_ext_can_merge: logically and physically contiguous, same flags; except
+ * that an unmapped extent never merges with a mapped one. Upstream compares
+ * `left.map + left.len == right.map` even when left is the unmapped range being removed
+ * (ext_set with map 0, flags 0), so removing [s, s + n) "merges" with a written right
+ * neighbour that happens to sit at blkno n: the neighbour's item is deleted and its blocks
+ * are neither freed nor mapped (found by this project's data accounting check).
+ */
 export function canMerge(l: FileExtent, r: FileExtent): boolean {
-  return l.start + l.len === r.start &&
-    ((l.map === 0 && r.map === 0) || l.map + l.len === r.map) && l.flags === r.flags;
+  const maps = l.map === 0 || r.map === 0 ? l.map === 0 && r.map === 0 : l.map + l.len === r.map;
+  return l.start + l.len === r.start && maps && l.flags === r.flags;
 }
 
 const mapAdd = (map: number, diff: number): number => (map === 0 ? 0 : map + diff);
