@@ -493,8 +493,8 @@ async function randomWorkload(seed: number): Promise<void> {
   const fs = m.fs;
   const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
   const rnd = new SimRandom(seed);
-  const f = await s(fs.create(ROOT, B("f"), 0o644, root));
-  const sh = new Shadow();
+  let f = await s(fs.create(ROOT, B("f"), 0o644, root));
+  let sh = new Shadow();
   const LIMIT = 3 * MiB;
   const used = new Set<string>();
   let dv = f.dataVersion;
@@ -538,6 +538,14 @@ async function randomWorkload(seed: number): Promise<void> {
     } else if (op < 93) {
       await s(fs.fsync(f.ino, rnd.chance(0.5)));
       used.add("fsync");
+    } else if (op < 94) {
+      // the file goes (its blocks freed by the deletion) and a new one takes its name
+      await s(fs.unlink(ROOT, B("f"), root));
+      await s(fs.forget(f.ino, 1));
+      f = await s(fs.create(ROOT, B("f"), 0o644, root));
+      sh = new Shadow();
+      dv = f.dataVersion;
+      used.add("unlink and recreate");
     } else if (op < 96) {
       fs.data.opts.preallocContigOnly = rnd.chance(0.5);
       fs.data.opts.preallocBlocks = rnd.pick([1, 8, 64, 2048]);

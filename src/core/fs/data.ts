@@ -325,12 +325,19 @@ export class DataOps {
   /** The window a write of [a, b] plans in, and the preallocation that fits it. */
   private async writeWindow(ctx: OpCtx, ino: bigint, a: number, b: number):
     Promise<{ m: ExtentMap; pre: PreallocOptions }> {
-    const pre = this.prealloc();
+    let pre = this.prealloc();
     let lo = Math.max(0, a - 1);
     if (!pre.contigOnly) lo = Math.max(0, Math.min(lo, a - (a % pre.blocks) - 1));
-    const want = Math.min(INF_IBLOCK - 1, b + pre.blocks + 1);
-    const w = await loadExtents(ctx, ino, lo, want, EXTENT_LOAD_MAX);
-    if (w.hi < b + 2) throw new FsError("EAGAIN", "write window beyond the extent read bound");
+    let w = await loadExtents(ctx, ino, lo, Math.min(INF_IBLOCK - 1, b + pre.blocks + 1),
+      EXTENT_LOAD_MAX);
+    if (w.hi < b + 2) {
+      // the region before a is crowded with extents: no region preallocation this time
+      assert(lo < a - 1, "a write chunk's own blocks hold fewer extents than the read bound");
+      lo = Math.max(0, a - 1);
+      pre = { contigOnly: true, blocks: pre.blocks };
+      w = await loadExtents(ctx, ino, lo, Math.min(INF_IBLOCK - 1, b + pre.blocks + 1),
+        EXTENT_LOAD_MAX);
+    }
     const m = new ExtentMap(w.exts, lo, w.hi);
     // a crowded window: preallocate less rather than read more (a region would move, so
     // region preallocation is off then), never past the largest file
