@@ -19,7 +19,7 @@
 
 import { randomBytes } from "node:crypto";
 import { statSync } from "node:fs";
-import { realpath } from "node:fs/promises";
+import { readdir, realpath, rmdir } from "node:fs/promises";
 import { ScoutFs } from "../core/fs/fs.js";
 import { ScoutMount } from "../core/mount.js";
 import { decodeSuper, SUPER_OFFSET, SUPER_SIZE, superIsMeta } from "../core/format.js";
@@ -170,6 +170,7 @@ export class MountDaemon {
       quorum: this.mount.quorum,
       triggers: this.triggers,
     };
+    await removeStaleStatusDirs();
     return mountStatusFs(buildStatusTree(src), {
       mountpoint: statusDirPath(this.sb.hdr.fsid, this.rid), logger: this.env.logger,
     });
@@ -237,6 +238,18 @@ export class MountDaemon {
     this.env.timers.clearAll?.();
     log.log("info", `${this.prefix} unmounted`);
     return rc;
+  }
+}
+
+/**
+ * Status directories of daemons killed with -9 stay behind as empty directories once their
+ * watchdog unmounted them; rmdir removes exactly those (a live one is a mount point: EBUSY).
+ */
+async function removeStaleStatusDirs(): Promise<void> {
+  const root = "/run/scoutfs";
+  const names = await readdir(root).catch(() => [] as string[]);
+  for (const n of names) {
+    if (/^f\.[0-9a-f]{6}\.r\.[0-9a-f]{6}$/.test(n)) await rmdir(`${root}/${n}`).catch(() => undefined);
   }
 }
 

@@ -409,7 +409,9 @@ export class MountClient {
       if (s.kind === "none") return null;
       // missing again where we just filled: the fill was evicted or dropped meanwhile
       if (lastMiss !== null && s.at.equals(lastMiss)) races++;
-      if (!(await this.fillForward(s.at, end))) races++;
+      // fill toward the lock's end, not the caller's: the next reads nearby hit (a lookup
+      // of one name hash would otherwise fill only that hash, one forest read per name)
+      if (!(await this.fillForward(s.at, held.range.end))) races++;
       lastMiss = s.at;
       p = s.at;
     }
@@ -431,7 +433,7 @@ export class MountClient {
       if (s.kind === "hit") return copyKeyVal(s.item);
       if (s.kind === "none") return null;
       if (lastMiss !== null && s.at.equals(lastMiss)) races++;
-      if (!(await this.fillBackward(start, s.at))) races++;
+      if (!(await this.fillBackward(held.range.start, s.at))) races++;
       lastMiss = s.at;
       p = s.at;
     }

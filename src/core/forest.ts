@@ -170,7 +170,7 @@ const OPEN_GROUP = -1;
 /** The group of a log tree's versions: open, or finalized together with others (header). */
 function groupOf(lt: LogTrees): number {
   if ((lt.flags & LOG_TREES_FLAG_FINALIZED) === 0) return OPEN_GROUP;
-  assert(lt.finalizeSeq > 0, "finalized log tree without a finalize_seq");
+  if (lt.finalizeSeq <= 0) throw corrupt("finalized log tree without a finalize_seq");
   return lt.finalizeSeq;
 }
 

@@ -562,7 +562,20 @@ export class LockClient {
       lock.deferredGrant = g;
       return;
     }
-    this.applyGrant(lock, g);
+    this.applyGrantOrFail(lock, g);
+  }
+
+  /**
+   * Applies a grant; one refused by the grant-time assertion (a bug: see GrantCheck) fails
+   * the request instead, so that the waiting callers get the assertion error rather than wait
+   * for a mode that never comes.
+   */
+  private applyGrantOrFail(lock: ClientLock, g: LockGrant): void {
+    try {
+      this.applyGrant(lock, g);
+    } catch (e) {
+      this.requestFailed(lock, e);
+    }
   }
 
   private applyGrant(lock: ClientLock, g: LockGrant): void {
@@ -702,7 +715,7 @@ export class LockClient {
     this.changed(lock, prev, "invalidate");
     const g = lock.deferredGrant;
     lock.deferredGrant = undefined;
-    if (g !== undefined) this.applyGrant(lock, g);
+    if (g !== undefined) this.applyGrantOrFail(lock, g);
     return result;
   }
 

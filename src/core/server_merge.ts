@@ -59,7 +59,10 @@
  *
  * Readers stay correct throughout: a key's merged version in fs_root has the same seq as in
  * its finalized tree, which readers also still see until phase 3; partially spliced fs_root
- * never hides anything because the finalized trees still hold every input version.
+ * never hides anything because the finalized trees still hold every input version. Delta
+ * items are summed, not replaced: their merged sum carries the greatest seq of what it
+ * summed, which is how readers (forest.ts) tell a merged finalized tree from one still to
+ * add.
  */
 import { assert } from "../util/assert.js";
 import { FsError } from "../util/errno.js";

@@ -18,20 +18,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { BlockDevice, Env, NetAddr } from "../../src/env/env.js";
-import { listExtents } from "../../src/core/alloc.js";
-import { BlockCache } from "../../src/core/block.js";
 import { MountClient } from "../../src/core/client.js";
-import { forestRange, listLogTrees } from "../../src/core/forest.js";
-import {
-  DATA_DEV_START_BLKNO, decodeDataExtent, EXTENT_FLAG_OFFLINE, INODE_FLAG_TRUNCATE,
-} from "../../src/core/format.js";
+import { INODE_FLAG_TRUNCATE } from "../../src/core/format.js";
 import { fsckVolume } from "../../src/core/fsck.js";
-import {
-  compareKeys, FsType, keyInc, keyThird, keyType, makeKey, U64_MAX, Zone,
-} from "../../src/core/key.js";
+import { FsType, keyInc, makeKey, U64_MAX, Zone } from "../../src/core/key.js";
 import { makeVolume } from "../../src/core/mkfs.js";
 import { Server } from "../../src/core/server.js";
-import { readSuperFrom, Volume } from "../../src/core/volume.js";
+import { Volume } from "../../src/core/volume.js";
 import {
   FALLOC_FL_KEEP_SIZE, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN, type FiemapExtent,
   TRUNCATE_BATCH_EXTENTS,
@@ -43,6 +36,7 @@ import { SimWorld, type SimNode } from "../../src/sim/env.js";
 import { SimRandom } from "../../src/sim/random.js";
 import { Counters } from "../../src/util/counters.js";
 import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
+import { dataAccounting } from "../helpers/data_accounting.js";
 import { mkfsParams } from "../helpers/volume.js";
 
 const MiB = 1024 * 1024;
@@ -133,65 +127,6 @@ function pattern(tag: number, off: number, len: number): Buffer {
   return b;
 }
 
-/**
- * Offline data accounting: every data block in [DATA_DEV_START_BLKNO, total) is free in
- * exactly one allocator (global, or a log tree's avail/freed) or mapped by exactly one
- * extent of the forest (fs_root + log trees, newest versions). Returns the problems.
- */
-async function dataAccounting(meta: SimDisk): Promise<{ problems: string[]; used: number;
-  free: number }> {
-  const sb = await readSuperFrom(meta, true);
-  const cache = new BlockCache(meta, sb.hdr.fsid, new Counters(), 64 * MiB, sb.totalMetaBlocks);
-  const ivs: { start: number; len: number; owner: string }[] = [];
-  let free = 0;
-  const addFree = async (name: string, a: typeof sb.dataAlloc): Promise<void> => {
-    for (const e of await listExtents({ cache }, a)) {
-      ivs.push({ ...e, owner: name });
-      free += e.len;
-    }
-  };
-  await addFree("data_alloc", sb.dataAlloc);
-  for (const lt of await listLogTrees(cache, sb.logsRoot)) {
-    await addFree(`log tree ${lt.rid.toString(16)}.${lt.nr} avail`, lt.dataAvail);
-    await addFree(`log tree ${lt.rid.toString(16)}.${lt.nr} freed`, lt.dataFreed);
-  }
-  let used = 0;
-  const roots = { fsRoot: sb.fsRoot, logsRoot: sb.logsRoot };
-  const end = makeKey(Zone.FS, U64_MAX, 255, U64_MAX, U64_MAX, 255);
-  for (let k = makeKey(Zone.FS, 0n, 0); ;) {
-    const got = await forestRange(cache, roots, k, end, 512);
-    for (const it of got.items) {
-      if (keyType(it.key) !== FsType.DATA_EXTENT) continue;
-      const v = decodeDataExtent(it.val);
-      if ((v.flags & EXTENT_FLAG_OFFLINE) !== 0) continue;
-      const len = Number(keyThird(it.key));
-      ivs.push({ start: v.blkno, len, owner: `extent ${it.key.toString("hex").slice(2, 18)}` });
-      used += len;
-    }
-    if (compareKeys(got.end, end) >= 0) break;
-    k = keyInc(got.end);
-  }
-  ivs.sort((a, b) => a.start - b.start);
-  const problems: string[] = [];
-  for (let i = 1; i < ivs.length; i++) {
-    const p = ivs[i - 1]!;
-    const c = ivs[i]!;
-    if (p.start + p.len > c.start) problems.push(`blocks ${c.start}.. are ${p.owner} and ${c.owner}`);
-  }
-  const total = sb.totalDataBlocks - DATA_DEV_START_BLKNO;
-  if (used + free !== total) {
-    const gaps: string[] = [];
-    let pos = DATA_DEV_START_BLKNO;
-    for (const iv of ivs) {
-      if (iv.start > pos && gaps.length < 8) gaps.push(`${pos}..${iv.start - 1} (before ${iv.owner})`);
-      pos = Math.max(pos, iv.start + iv.len);
-    }
-    if (pos < sb.totalDataBlocks) gaps.push(`${pos}..${sb.totalDataBlocks - 1} (at the end)`);
-    problems.push(`${used} used + ${free} free != ${total} data blocks; gaps ${gaps.join(", ")}`);
-  }
-  return { problems, used, free };
-}
-
 async function checkVolume(meta: SimDisk, data: SimDisk, what: string): Promise<void> {
   const f = await fsckVolume(meta, data);
   assert.deepEqual(f.problems, [], `${what}: fsck`);
@@ -252,7 +187,8 @@ test("write and read: holes, unaligned edges, EOF, attributes, one device write 
     await fails(r, fs.write(d.ino, 0n, B("x"), root), "EISDIR", "write a dir");
     await fails(r, fs.read(d.ino, 0n, 1), "EISDIR", "read a dir");
     await fails(r, fs.write(f.ino, -1n, B("x"), root), "EINVAL", "negative offset");
-    await fails(r, fs.write(f.ino, 0x7fff_ffff_ffff_f000n, Buffer.alloc(8192), root), "EFBIG", "too far");
+    await fails(r, fs.write(f.ino, 0x7fff_ffff_ffff_f000n, Buffer.alloc(8192), root), "EFBIG",
+      "past the largest file");
     // one device write for an aligned 1 MiB write into a new file, one read for reading it
     const g = await s(fs.create(ROOT, B("g"), 0o644, root));
     const writes = r.data.counters.writes;
@@ -339,7 +275,9 @@ test("streaming appends preallocate with a ramp; regions without contig_only; op
     fs.data.opts.preallocContigOnly = true;
     fs.data.opts.preallocBlocks = 2048;
     const writes = r.data.counters.writes;
-    for (let i = 0; i < 8; i++) await s(fs.write(g.ino, BigInt(i * MiB), pattern(4, i * MiB, MiB), root));
+    for (let i = 0; i < 8; i++) {
+      await s(fs.write(g.ino, BigInt(i * MiB), pattern(4, i * MiB, MiB), root));
+    }
     assert.ok(r.data.counters.writes - writes <= 8 + 2, "about one device write per call");
     assert.ok(await extentItems(r, m, g.ino) <= 3, "a handful of extent items for 8 MiB");
     assert.ok((await s(fs.read(g.ino, 0n, 8 * MiB))).equals(pattern(4, 0, 8 * MiB)));

@@ -77,7 +77,8 @@ test("ext_set: merging with neighbours, splits that do not merge, removal, item 
   assert.throws(() => s.set(3, 3, 900, 0), /not inside/);
   assert.throws(() => new ExtentMap([], 10, 20).set(10, 1, 5, 0), /outside the window/);
   assert.throws(() => new ExtentMap([], 10, 20).set(15, 7, 5, 0), /outside the window/);
-  assert.throws(() => new ExtentMap([E(0, 5, 1), E(4, 2, 9)], 0, 10), (e: unknown) => isFsError(e, "EIO"));
+  assert.throws(() => new ExtentMap([E(0, 5, 1), E(4, 2, 9)], 0, 10),
+    (e: unknown) => isFsError(e, "EIO"));
   for (const bad of [E(-1, 1, 5), E(0, 0, 5), E(0, 1, 0, 0), E(0, 1, 5, 8)]) {
     assert.throws(() => checkFileExtent(bad), (e: unknown) => isFsError(e, "EIO"));
   }
@@ -101,8 +102,11 @@ const online = (b: Blk[]): number =>
 
 test("ext_set matches a block-by-block model under random changes", async () => {
   const N = 64;
-  const change = fc.record({ start: fc.integer({ min: 1, max: 50 }), len: fc.integer({ min: 1, max: 12 }),
-    kind: fc.constantFrom("written", "unwritten", "offline", "hole"), map: fc.integer({ min: 1, max: 12 }) });
+  const change = fc.record({
+    start: fc.integer({ min: 1, max: 50 }), len: fc.integer({ min: 1, max: 12 }),
+    kind: fc.constantFrom("written", "unwritten", "offline", "hole"),
+    map: fc.integer({ min: 1, max: 12 }),
+  });
   await assertProperty("ext_set model", BASE_SEED, fc.array(change, { minLength: 5, maxLength: 40 }),
     async (cs) => {
     const m = new ExtentMap([], 0, N);
@@ -120,7 +124,8 @@ test("ext_set matches a block-by-block model under random changes", async () => 
       for (let i = c.start; i < c.start + c.len; i++) {
         model[i] = map === 0 && flags === 0 ? null : { map: map === 0 ? 0 : map + i - c.start, flags };
       }
-      assert.deepEqual(blocksOf(m.all(), N + 1), model, `after ${JSON.stringify(c)} on ${JSON.stringify(before)}`);
+      assert.deepEqual(blocksOf(m.all(), N + 1), model,
+        `after ${JSON.stringify(c)} on ${JSON.stringify(before)}`);
     }
     assert.equal(m.onlineDelta, online(model));
     // the item changes take the (empty) loaded window to the current extents
@@ -285,7 +290,8 @@ test("mapFallocate: unwritten extents over holes, allocated blocks skipped, limi
 });
 
 /** An OpCtx stand-in serving extent items from a list that `onNext` may change between steps. */
-function scriptedCtx(items: FileExtent[], onNext: (call: number) => void): { ctx: OpCtx; counters: Counters } {
+function scriptedCtx(items: FileExtent[], onNext: (call: number) => void):
+  { ctx: OpCtx; counters: Counters } {
   const counters = new Counters();
   let calls = 0;
   const next = (key: Buffer): Promise<KeyVal | null> => {

@@ -42,7 +42,7 @@ import { DataDevice, DATA_IO_MAX_BYTES } from "./data_io.js";
 import { mapFallocate, mapWrite, type PreallocOptions, type Segment } from "./data_plan.js";
 import { isDir, isReg, S_ISGID, S_ISUID } from "./format.js";
 import { checkNotRetained, FILE_SIZE_MAX } from "./inode.js";
-import { inos, type OpCtx, type OpRunner } from "./op.js";
+import { inos, OP_MAX_WRITES, type OpCtx, type OpRunner } from "./op.js";
 import type { Cred } from "./perm.js";
 
 /** Blocks one write operation maps at most (4 MiB); longer writes are several operations. */
@@ -63,6 +63,12 @@ export const FIEMAP_MAX_EXTENTS = 1 << 20;
 const TRUNCATE_RETRIES = 8;
 /** Times a reader restarts an extent walk that raced a local writer, at most. */
 const LOAD_RETRIES = 16;
+// a write chunk's window (its blocks and a neighbour each side) fits one extent read, and
+// what one operation deletes and inserts (about two items per extent touched) fits OpCtx
+assert(EXTENT_LOAD_MAX >= WRITE_CHUNK_BLOCKS + 3, "extent read bound below a write chunk");
+assert(2 * (WRITE_CHUNK_BLOCKS + 8) <= OP_MAX_WRITES && TRUNCATE_BATCH_EXTENTS + 8 <= OP_MAX_WRITES,
+  "data operations fit an operation's write bound");
+
 /** Logical blocks of the largest file. */
 export const MAX_IBLOCK = Number(FILE_SIZE_MAX >> BigInt(DATA_BLOCK_SHIFT));
 /** Past every extent (preallocation may run a little past MAX_IBLOCK): "to the end". */
@@ -166,7 +172,9 @@ async function walkExtents(ctx: OpCtx, ino: bigint, lo: number, hi: number, max:
 function recordExtents(ctx: OpCtx, ino: bigint, m: ExtentMap): void {
   const { deletes, puts } = m.changes();
   for (const e of deletes) ctx.del(extentKey(ino, e), ino);
-  for (const e of puts) ctx.put(extentKey(ino, e), encodeDataExtent({ blkno: e.map, flags: e.flags }), ino);
+  for (const e of puts) {
+    ctx.put(extentKey(ino, e), encodeDataExtent({ blkno: e.map, flags: e.flags }), ino);
+  }
 }
 
 /** Adds the window's online/offline changes to the inode. */
@@ -508,7 +516,8 @@ export class DataOps {
     let refilled = false;
     for (let i = blockOf(offset); i <= last;) {
       const from = i;
-      const r = await this.withTruncate(ino, () => this.fallocOp(ino, mode, offset, length, from, last));
+      const r = await this.withTruncate(ino,
+        () => this.fallocOp(ino, mode, offset, length, from, last));
       if (r.next > i) refilled = false;
       i = r.next;
       if (!r.short) continue;
@@ -529,7 +538,7 @@ export class DataOps {
       const lo = Math.max(0, from - 1);
       const w = await loadExtents(ctx, ino, lo, last + 1, EXTENT_LOAD_MAX);
       const opLast = Math.min(last, w.hi - 1);
-      if (opLast < from) throw new FsError("EAGAIN", "fallocate window beyond the extent read bound");
+      assert(opLast >= from, "a fallocate window holds at least one block");
       const m = new ExtentMap(w.exts, lo, w.hi);
       const plan = await mapFallocate(m, from, opLast, FALLOC_STEPS_PER_OP, (n) => hold.alloc(n));
       const now = this.now();

@@ -74,7 +74,8 @@ export class ExtentMap {
     this.exts = exts.map((e) => ({ ...e }));
     for (let i = 1; i < this.exts.length; i++) {
       if (this.exts[i - 1]!.start + this.exts[i - 1]!.len > this.exts[i]!.start) {
-        throw corrupt(`data extents at ${this.exts[i - 1]!.start} and ${this.exts[i]!.start} overlap`);
+        throw corrupt(`data extents at ${this.exts[i - 1]!.start} and ${this.exts[i]!.start} ` +
+          "overlap");
       }
     }
     this.orig = new Map(this.exts.map((e) => [keyOf(e), { ...e }]));
@@ -99,7 +100,8 @@ export class ExtentMap {
 
   /** The first extent ending at or after iblock (upstream ext_next(iblock, 1)). */
   next(iblock: number): FileExtent | null {
-    assert(iblock >= this.lo && iblock <= this.hi + 1, `extent lookup ${iblock} outside the window`);
+    assert(iblock >= this.lo && iblock <= this.hi + 1,
+      `extent lookup ${iblock} outside the window`);
     const e = this.exts[this.firstEnding(iblock)];
     return e ? { ...e } : null;
   }
@@ -154,8 +156,8 @@ export class ExtentMap {
       if (found.start < start) left = { ...found, len: start - found.start };
       if (extEnd(found) > extEnd(set)) {
         const rs = extEnd(set) + 1;
-        right = { start: rs, len: extEnd(found) - extEnd(set), map: mapAdd(found.map, rs - found.start),
-          flags: found.flags };
+        right = { start: rs, len: extEnd(found) - extEnd(set),
+          map: mapAdd(found.map, rs - found.start), flags: found.flags };
       }
     }
     if (left) this.insert(left);

@@ -26,7 +26,8 @@ export class DataDevice {
     private readonly totalBlocks: number) {}
 
   private checkBlocks(map: number, blocks: number): void {
-    if (!Number.isSafeInteger(map) || map < DATA_DEV_START_BLKNO || map + blocks > this.totalBlocks) {
+    if (!Number.isSafeInteger(map) || map < DATA_DEV_START_BLKNO ||
+      map + blocks > this.totalBlocks) {
       throw new FsError("EIO", `data blocks ${map}+${blocks} outside the data device`);
     }
   }

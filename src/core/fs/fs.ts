@@ -19,6 +19,7 @@ import type { MountClient } from "../client.js";
 import { INODE_FLAG_TRUNCATE, type InodeValue, type Timespec } from "../format.js";
 import { symlinkKey } from "../key.js";
 import { LockMode } from "../lock_msg.js";
+import { inodeGroupFirst } from "../lock_names.js";
 import { NetCmd } from "../msg.js";
 import { ROOT_INO } from "../mkfs.js";
 import {
@@ -40,6 +41,7 @@ import {
 } from "./inode.js";
 import { inos, type OpCtx, OpRunner } from "./op.js";
 import { InodeRefs } from "./orphan.js";
+import { AclOps, aclTypeOf } from "./acl_xattr.js";
 import { checkAccess, checkDelete, type Cred, MAY_EXEC, MAY_READ, MAY_WRITE } from "./perm.js";
 import { rename, type RenameArgs } from "./rename.js";
 import { XattrOps, type XattrSetFlags } from "./xattr.js";
@@ -49,6 +51,8 @@ export type { InodeAttr, SetattrIn } from "./inode.js";
 
 /** Entries one readdir call hands out at most (the caller continues from where it stopped). */
 export const READDIR_MAX_ENTRIES = 4096;
+/** Directories whose last child's inode group is remembered (withChildHint). */
+const CHILD_HINTS_MAX = 4096;
 const READDIR_BATCH = 64;
 
 /** readdir's callback: false when the caller's buffer is full (the entry is not consumed). */
@@ -63,6 +67,8 @@ export interface ScoutFsOptions {
   dataPreallocBlocks?: number;
   /** Mount option data_prealloc_contig_only (default true). */
   dataPreallocContigOnly?: boolean;
+  /** Mount option acl / noacl (default acl): POSIX ACLs honoured and settable. */
+  acl?: boolean;
 }
 
 export interface Statfs {
@@ -87,6 +93,15 @@ export class ScoutFs {
   readonly data: DataOps;
   private readonly inoAlloc: InoAllocator;
   private readonly truncateHook: TruncateHook;
+  /** The system.posix_acl_* xattrs and their effects (acl_xattr.ts). */
+  readonly acls: AclOps;
+  /**
+   * O_TMPFILE inodes made without O_EXCL and not linked yet: the VFS's I_LINKABLE. Entries
+   * go when linked or when this mount stops holding the inode, so opens bound the set.
+   */
+  private readonly linkable = new Set<bigint>();
+  /** Per directory, the inode group of the child last found in it (withChildHint). */
+  private readonly childGroupHint = new Map<bigint, bigint>();
 
   constructor(readonly client: MountClient, opts: ScoutFsOptions = {}) {
     this.runner = new OpRunner(client, client.opts.fmtVers);
@@ -101,6 +116,8 @@ export class ScoutFs {
       ((ctx, ino, oldSize, newSize) => this.data.truncate(ctx, ino, oldSize, newSize));
     this.refs = new InodeRefs(this.runner, this.truncateHook);
     this.xattrs = new XattrOps(this.runner, () => this.now());
+    this.acls = new AclOps(this.runner, () => this.now(), opts.acl ?? true);
+    if (this.acls.enabled) this.runner.acl = this.acls;
   }
 
   get rootIno(): bigint {
@@ -117,9 +134,10 @@ export class ScoutFs {
 
   async lookup(parent: bigint, name: Buffer, cred: Cred): Promise<InodeAttr> {
     if (name.length > NAME_LEN_MAX) throw new FsError("ENAMETOOLONG");
-    const a = await this.runner.run({ inos: inos([parent, LockMode.READ]) }, async (ctx) => {
+    const a = await this.runner.run({ inos: this.withChildHint(parent, LockMode.READ) },
+      async (ctx) => {
       const dir = await this.dirInode(ctx, parent, LockMode.READ);
-      checkAccess(cred, dir, MAY_EXEC);
+      checkAccess(cred, dir, MAY_EXEC, await ctx.accessAcl(parent, dir, cred));
       let ino: bigint;
       if (isDot(name)) ino = parent;
       else if (isDotDot(name)) ino = await parentOf(ctx, parent);
@@ -131,8 +149,28 @@ export class ScoutFs {
       }
       return attrOf(ino, await ctx.mustInode(ino));
     });
+    this.noteChild(parent, a.ino);
     this.refs.lookup(a.ino, 1);
     return a;
+  }
+
+  /**
+   * The locks of an operation on parent that will also read a child it finds by name: the
+   * parent's group and, as a guess, the group of the child found there last (inode numbers
+   * are handed out in runs, so a directory's children mostly share a few groups). A wrong
+   * guess costs one needless group lock; a missing one costs re-running the body.
+   */
+  private withChildHint(parent: bigint, mode: LockMode): Map<bigint, LockMode> {
+    const g = this.childGroupHint.get(parent);
+    return g === undefined || g === inodeGroupFirst(parent) ? inos([parent, mode]) :
+      inos([parent, mode], [g, mode]);
+  }
+
+  private noteChild(parent: bigint, child: bigint): void {
+    const g = inodeGroupFirst(child);
+    if (this.childGroupHint.get(parent) === g) return;
+    if (this.childGroupHint.size >= CHILD_HINTS_MAX) this.childGroupHint.clear();
+    this.childGroupHint.set(parent, g);
   }
 
   async getattr(ino: bigint): Promise<InodeAttr> {
@@ -143,7 +181,8 @@ export class ScoutFs {
   /** ACCESS / opendir checks: EACCES unless cred may access ino for mask (MAY_*). */
   async access(ino: bigint, mask: number, cred: Cred): Promise<void> {
     await this.runner.run({ inos: inos([ino, LockMode.READ]) }, async (ctx) => {
-      checkAccess(cred, await ctx.mustInode(ino), mask);
+      const v = await ctx.mustInode(ino);
+      checkAccess(cred, v, mask, await ctx.accessAcl(ino, v, cred));
     });
   }
 
@@ -170,7 +209,7 @@ export class ScoutFs {
   async readdir(ino: bigint, pos: bigint, cb: ReaddirCb, cred: Cred): Promise<bigint> {
     return this.runner.run({ inos: inos([ino, LockMode.READ]) }, async (ctx) => {
       const dir = await this.dirInode(ctx, ino, LockMode.READ);
-      checkAccess(cred, dir, MAY_READ);
+      checkAccess(cred, dir, MAY_READ, await ctx.accessAcl(ino, dir, cred));
       let p = pos;
       if (p === 0n) {
         if (!cb(Buffer.from("."), 1n, ino, direntType(S_IFDIR))) return p;
@@ -209,20 +248,28 @@ export class ScoutFs {
   // -------------------------------------------------------------------------------------
   // Creating entries.
 
-  async mknod(parent: bigint, name: Buffer, mode: number, rdev: number, cred: Cred):
+  /*
+   * umask: the caller's, applied here only when the directory has no default ACL (the
+   * kernel leaves it to us with POSIX ACLs on; a mode it already masked is masked again
+   * harmlessly). Callers that pass a final mode leave it 0.
+   */
+
+  async mknod(parent: bigint, name: Buffer, mode: number, rdev: number, cred: Cred, umask = 0):
     Promise<InodeAttr> {
     if (!validFileType(mode) || isDir(mode) || isLnk(mode)) {
       throw new FsError("EINVAL", "mknod file type");
     }
-    return this.createNode(parent, name, mode, rdev, cred, null);
+    return this.createNode(parent, name, mode, rdev, cred, null, umask);
   }
 
-  async create(parent: bigint, name: Buffer, mode: number, cred: Cred): Promise<InodeAttr> {
-    return this.createNode(parent, name, S_IFREG | (mode & ~S_IFMT), 0, cred, null);
+  async create(parent: bigint, name: Buffer, mode: number, cred: Cred, umask = 0):
+    Promise<InodeAttr> {
+    return this.createNode(parent, name, S_IFREG | (mode & ~S_IFMT), 0, cred, null, umask);
   }
 
-  async mkdir(parent: bigint, name: Buffer, mode: number, cred: Cred): Promise<InodeAttr> {
-    return this.createNode(parent, name, S_IFDIR | (mode & ~S_IFMT), 0, cred, null);
+  async mkdir(parent: bigint, name: Buffer, mode: number, cred: Cred, umask = 0):
+    Promise<InodeAttr> {
+    return this.createNode(parent, name, S_IFDIR | (mode & ~S_IFMT), 0, cred, null, umask);
   }
 
   async symlink(parent: bigint, name: Buffer, target: Buffer, cred: Cred): Promise<InodeAttr> {
@@ -233,7 +280,7 @@ export class ScoutFs {
   }
 
   private async createNode(parent: bigint, name: Buffer, mode: number, rdev: number, cred: Cred,
-    target: Buffer | null): Promise<InodeAttr> {
+    target: Buffer | null, umask = 0): Promise<InodeAttr> {
     if (isDot(name) || isDotDot(name)) throw new FsError("EEXIST");
     checkName(name);
     const ino = await this.inoAlloc.alloc(isDir(mode));
@@ -249,6 +296,7 @@ export class ScoutFs {
           encodeSymlinkParts(target).forEach((p, i) => ctx.put(symlinkKey(ino, BigInt(i)), p, ino));
         }
         ctx.newInode(ino, v);
+        await this.acls.inherit(ctx, parent, ino, v, umask);
         ctx.dirty(parent);
         addEntry(ctx, parent, dir, name, ino, direntType(mode));
         if (isDir(mode)) dir.nlink++;
@@ -263,9 +311,10 @@ export class ScoutFs {
   /** Search and write permission in dir, and no entry of that name yet. */
   private async checkCreate(ctx: OpCtx, parent: bigint, dir: InodeValue, name: Buffer,
     cred: Cred): Promise<void> {
-    checkAccess(cred, dir, MAY_EXEC);
+    const acl = await ctx.accessAcl(parent, dir, cred);
+    checkAccess(cred, dir, MAY_EXEC, acl);
     if (await findEntry(ctx, parent, name) !== null) throw new FsError("EEXIST");
-    checkAccess(cred, dir, MAY_WRITE);
+    checkAccess(cred, dir, MAY_WRITE, acl);
     if (dir.nlink === 0) throw new FsError("ENOENT", "directory was removed");
   }
 
@@ -280,20 +329,55 @@ export class ScoutFs {
         const dir = await this.dirInode(ctx, newParent, LockMode.WRITE);
         await this.checkCreate(ctx, newParent, dir, newName, cred);
         if (isDir(v.mode)) throw new FsError("EPERM", "hard link to a directory");
-        if (v.nlink === 0) throw new FsError("ENOENT", "linking an unlinked inode");
+        if (v.nlink === 0 && !this.linkable.has(ino)) {
+          throw new FsError("ENOENT", "linking an unlinked inode");
+        }
         if (v.nlink >= this.linkMax) throw new FsError("EMLINK");
         checkNotRetained(v);
         ctx.dirty(ino);
         ctx.dirty(newParent);
         addEntry(ctx, newParent, dir, newName, ino, direntType(v.mode));
+        // an O_TMPFILE inode getting its first name stops being an orphan (upstream link)
+        if (v.nlink === 0) ctx.orphan(ino, false);
         v.nlink++;
         v.ctime = { ...now };
         dir.mtime = { ...now };
         dir.ctime = { ...now };
         return attrOf(ino, v);
       });
+    this.linkable.delete(ino);
     this.refs.lookup(ino, 1);
     return a;
+  }
+
+  /**
+   * O_TMPFILE: a regular file in no directory, nlink 0 with its orphan item from the start
+   * (as upstream), living while this mount holds it. link() may name it later unless it was
+   * made with O_EXCL (linkable false). Adds one lookup reference, as create does; the
+   * reference is taken in the operation's write step so no orphan scan sees it unheld.
+   */
+  async tmpfile(parent: bigint, mode: number, cred: Cred, umask = 0, linkable = true):
+    Promise<InodeAttr> {
+    const ino = await this.inoAlloc.alloc(false);
+    const now = this.now();
+    return this.runner.run({ inos: inos([parent, LockMode.READ], [ino, LockMode.WRITE]) },
+      async (ctx) => {
+        const dir = await this.dirInode(ctx, parent, LockMode.READ);
+        checkAccess(cred, dir, MAY_WRITE | MAY_EXEC, await ctx.accessAcl(parent, dir, cred));
+        if (dir.nlink === 0) throw new FsError("ENOENT", "directory was removed");
+        const v = newInodeValue(cred, dir, S_IFREG | (mode & ~S_IFMT), 0, now,
+          this.runner.fmtVers);
+        v.nlink = 0;
+        ctx.newInode(ino, v);
+        await this.acls.inherit(ctx, parent, ino, v, umask);
+        ctx.orphan(ino, true);
+        ctx.onEnd((applied) => {
+          if (!applied) return;
+          this.refs.lookup(ino, 1);
+          if (linkable) this.linkable.add(ino);
+        });
+        return attrOf(ino, v);
+      });
   }
 
   // -------------------------------------------------------------------------------------
@@ -314,15 +398,18 @@ export class ScoutFs {
     Promise<void> {
     checkName(name);
     const now = this.now();
-    const gone = await this.runner.run({ inos: inos([parent, LockMode.WRITE]) }, async (ctx) => {
+    const gone = await this.runner.run({ inos: this.withChildHint(parent, LockMode.WRITE) },
+      async (ctx) => {
       const dir = await this.dirInode(ctx, parent, LockMode.WRITE);
-      checkAccess(cred, dir, MAY_EXEC);
+      const dirAcl = await ctx.accessAcl(parent, dir, cred);
+      checkAccess(cred, dir, MAY_EXEC, dirAcl);
       const d = await findEntry(ctx, parent, name);
       if (d === null) throw new FsError("ENOENT");
+      this.noteChild(parent, d.ino);
       const v = await ctx.mustInode(d.ino, LockMode.WRITE);
       if (dirWanted && !isDir(v.mode)) throw new FsError("ENOTDIR");
       if (!dirWanted && isDir(v.mode)) throw new FsError("EISDIR");
-      checkDelete(cred, dir, v);
+      checkDelete(cred, dir, v, dirAcl);
       checkNotRetained(v);
       if (dirWanted && !(await dirEmpty(ctx, d.ino))) throw new FsError("ENOTEMPTY");
       ctx.dirty(parent);
@@ -358,12 +445,18 @@ export class ScoutFs {
     if (gone !== null) await this.refs.maybeDelete(gone);
   }
 
+  /* The system.posix_acl_* names are ACLs (acl_xattr.ts); every other name an xattr. */
+
   getxattr(ino: bigint, name: Buffer, cred: Cred): Promise<Buffer> {
+    const acl = aclTypeOf(name);
+    if (acl !== null) return this.acls.get(ino, acl);
     return this.xattrs.get(ino, name, cred);
   }
 
   setxattr(ino: bigint, name: Buffer, value: Buffer, flags: XattrSetFlags, cred: Cred):
     Promise<void> {
+    const acl = aclTypeOf(name);
+    if (acl !== null) return this.acls.set(ino, acl, value, flags, cred);
     return this.xattrs.set(ino, name, value, flags, cred);
   }
 
@@ -372,12 +465,18 @@ export class ScoutFs {
   }
 
   removexattr(ino: bigint, name: Buffer, cred: Cred): Promise<void> {
+    const acl = aclTypeOf(name);
+    if (acl !== null) return this.acls.remove(ino, acl, cred);
     return this.xattrs.remove(ino, name, cred);
   }
 
   /** The kernel dropped n lookup references (FORGET). */
-  forget(ino: bigint, n: number): Promise<void> {
-    return this.refs.forget(ino, n);
+  async forget(ino: bigint, n: number): Promise<void> {
+    try {
+      await this.refs.forget(ino, n);
+    } finally {
+      if (!this.refs.held(ino)) this.linkable.delete(ino);
+    }
   }
 
   /** A file handle opened (OPEN/OPENDIR/CREATE's handle). */
@@ -386,8 +485,12 @@ export class ScoutFs {
   }
 
   /** A file handle closed (RELEASE/RELEASEDIR). */
-  release(ino: bigint): Promise<void> {
-    return this.refs.release(ino);
+  async release(ino: bigint): Promise<void> {
+    try {
+      await this.refs.release(ino);
+    } finally {
+      if (!this.refs.held(ino)) this.linkable.delete(ino);
+    }
   }
 
   /** Commits the open transaction (fsync, syncfs). */

@@ -11,6 +11,7 @@ import {
   INODE_FLAG_RETENTION, type InodeValue, type Timespec,
 } from "../format.js";
 import { LockMode } from "../lock_msg.js";
+import type { PosixAcl } from "./acl.js";
 import { isDir, isReg, S_IFMT, S_ISGID, S_ISUID } from "./format.js";
 import { inos, type OpCtx, type OpRunner } from "./op.js";
 import { checkAccess, type Cred, inGroup, MAY_WRITE, ownerOrRoot } from "./perm.js";
@@ -85,16 +86,18 @@ export async function setattr(runner: OpRunner, ino: bigint, inp: SetattrIn, cre
   return runner.run({ inos: inos([ino, LockMode.WRITE]) }, async (ctx) => {
     const v = await ctx.mustInode(ino, LockMode.WRITE);
     checkNotRetained(v);
-    checkSetattr(v, inp, cred);
+    checkSetattr(v, inp, cred, await ctx.accessAcl(ino, v, cred));
     if (inp.size !== undefined && inp.size !== v.size) await truncate(ctx, ino, v.size, inp.size);
     ctx.dirty(ino);
     applySetattr(ctx, ino, v, inp, cred, now);
+    // the access ACL's owner, mask and other entries follow the new mode (posix_acl_chmod)
+    if (inp.mode !== undefined && ctx.acl !== null) await ctx.acl.chmod(ctx, ino, v);
     return attrOf(ino, v);
   });
 }
 
 /** EPERM/EACCES/EISDIR/EINVAL/EFBIG as setattr_prepare and do_truncate decide. */
-function checkSetattr(v: InodeValue, inp: SetattrIn, cred: Cred): void {
+function checkSetattr(v: InodeValue, inp: SetattrIn, cred: Cred, acl: PosixAcl | null): void {
   const root = cred.uid === 0;
   if (inp.uid !== undefined && !root && inp.uid !== v.uid) throw new FsError("EPERM");
   if (inp.gid !== undefined && !root && inp.gid !== v.gid &&
@@ -105,14 +108,14 @@ function checkSetattr(v: InodeValue, inp: SetattrIn, cred: Cred): void {
   for (const t of [inp.atime, inp.mtime]) {
     if (t === undefined || ownerOrRoot(cred, v)) continue;
     if (t !== "now") throw new FsError("EPERM");
-    checkAccess(cred, v, MAY_WRITE);
+    checkAccess(cred, v, MAY_WRITE, acl);
   }
   if (inp.ctime !== undefined && !ownerOrRoot(cred, v)) throw new FsError("EPERM");
   if (inp.size !== undefined) {
     if (isDir(v.mode)) throw new FsError("EISDIR");
     if (!isReg(v.mode)) throw new FsError("EINVAL");
     if (inp.size < 0n || inp.size > FILE_SIZE_MAX) throw new FsError("EFBIG");
-    if (inp.viaOpenFile !== true) checkAccess(cred, v, MAY_WRITE);
+    if (inp.viaOpenFile !== true) checkAccess(cred, v, MAY_WRITE, acl);
   }
 }
 

@@ -32,8 +32,10 @@ import { dataSeqKey, inodeKey, metaSeqKey, orphanKey } from "../key.js";
 import { type HeldLock, type LockHandle, lockItemSeq } from "../lock.js";
 import { LockMode } from "../lock_msg.js";
 import { inodeGroupFirst, inodeGroupRange, type LockRange, renameRange } from "../lock_names.js";
+import type { PosixAcl } from "./acl.js";
 import { isReg } from "./format.js";
 import { KeyedMutex } from "./mutex.js";
+import { aclCanMatter, type Cred } from "./perm.js";
 
 /** Times an operation re-runs to lock what it discovered it needs before giving up. */
 export const OP_MAX_ATTEMPTS = 64;
@@ -42,11 +44,13 @@ export const OP_MAX_WRITES = 4096;
 /** Dirty items above which an operation commits before it writes. */
 export const OP_COMMIT_THRESHOLD = MAX_DIRTY_ITEMS - 2 * OP_MAX_WRITES;
 
-/** Thrown inside a body: these inodes' groups must be locked in these modes. */
-class NeedLocks extends Error {
-  constructor(readonly inos: ReadonlyMap<bigint, LockMode>) {
-    super("operation needs more locks");
-  }
+/**
+ * Thrown inside a body: these inodes' groups must be locked in these modes. Not an Error:
+ * it is control flow the runner always catches, and capturing a stack trace per throw
+ * showed in profiles of lookups.
+ */
+class NeedLocks {
+  constructor(readonly inos: ReadonlyMap<bigint, LockMode>) {}
 }
 
 export interface OpSpec {
@@ -69,6 +73,17 @@ interface InodeState {
 
 type Write = { put: true; key: Buffer; val: Buffer } | { put: false; key: Buffer };
 
+/**
+ * What the ACL layer (acl_xattr.ts) offers every operation; null on a noacl mount, where
+ * stored ACLs are ignored. A hook rather than an import: the ACL layer itself runs on OpCtx.
+ */
+export interface AclHooks {
+  /** The inode's access ACL, or null when it has none. */
+  access(ctx: OpCtx, ino: bigint): Promise<PosixAcl | null>;
+  /** A chmod of v (already applied) rewrites its access ACL's owner, mask and other. */
+  chmod(ctx: OpCtx, ino: bigint, v: InodeValue): Promise<void>;
+}
+
 /** One run of an operation body: the held locks, inodes read, writes recorded. */
 export class OpCtx {
   private readonly inodes = new Map<bigint, InodeState>();
@@ -78,7 +93,14 @@ export class OpCtx {
   private applied = false;
 
   constructor(readonly client: MountClient, private readonly handle: LockHandle,
-    private readonly modes: ReadonlyMap<bigint, LockMode>, readonly fmtVers: number) {}
+    private readonly modes: ReadonlyMap<bigint, LockMode>, readonly fmtVers: number,
+    readonly acl: AclHooks | null = null) {}
+
+  /** ino's access ACL when it can decide cred's permission check (perm.ts), else null. */
+  async accessAcl(ino: bigint, v: InodeValue, cred: Cred): Promise<PosixAcl | null> {
+    if (this.acl === null || !aclCanMatter(cred, v)) return null;
+    return this.acl.access(this, ino);
+  }
 
   /** The held group lock of ino, or NeedLocks if its group is not held in `mode`. */
   need(ino: bigint, mode: LockMode = LockMode.READ): HeldLock {
@@ -250,8 +272,26 @@ export class OpCtx {
 /** Runs operation bodies under their locks (one per mount). */
 export class OpRunner {
   private readonly local = new KeyedMutex();
+  /** The ACL layer every operation gets (ScoutFs sets it when the acl option is on). */
+  acl: AclHooks | null = null;
 
   constructor(readonly client: MountClient, readonly fmtVers: number) {}
+
+  /**
+   * The inode's value as the item cache holds it at this instant, without locking: null if
+   * known absent, undefined when the cache cannot tell (its group's lock is not granted for
+   * reading, or the item is not cached). While the grant lasts the cache is current: a
+   * change by another mount first revokes the grant, which drops the cached items. Only for
+   * decisions that the next locked operation re-checks anyway.
+   */
+  peekInode(ino: bigint): InodeValue | null | undefined {
+    const key = inodeKey(ino);
+    const granted = this.client.locks.grantedModeAt(key);
+    if (granted !== LockMode.READ && granted !== LockMode.WRITE) return undefined;
+    const got = this.client.items.get(key);
+    if (got.kind === "miss") return undefined;
+    return got.kind === "negative" ? null : decodeInode(got.val, this.fmtVers);
+  }
 
   /**
    * Runs body until it completes without needing more locks. Write operations (any inode
@@ -286,7 +326,7 @@ export class OpRunner {
       let full = false;
       let ctx: OpCtx | null = null;
       try {
-        ctx = new OpCtx(this.client, handle, groups, this.fmtVers);
+        ctx = new OpCtx(this.client, handle, groups, this.fmtVers, this.acl);
         value = await body(ctx);
         // too full to take this operation's items: commit, then run it again
         if (ctx.writeCount > 0 && this.client.dirtyCount > OP_COMMIT_THRESHOLD) full = true;

@@ -108,6 +108,10 @@ export class InodeRefs {
   private async dropped(ino: bigint, r: Refs): Promise<void> {
     if (r.lookups > 0 || r.opens > 0) return;
     this.refs.delete(ino);
+    // the common case (the kernel forgets a linked inode) answered from the item cache
+    // without a lock; an unlink this mount makes later deletes it itself (maybeDelete)
+    const cached = this.runner.peekInode(ino);
+    if (cached !== undefined && cached !== null && cached.nlink > 0) return;
     await this.deleteInode(ino);
   }
 

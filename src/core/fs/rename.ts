@@ -22,6 +22,7 @@ import {
 import { isDir, type DirentValue } from "./format.js";
 import { checkNotRetained, dropLink } from "./inode.js";
 import { inos, type OpCtx, type OpRunner } from "./op.js";
+import type { PosixAcl } from "./acl.js";
 import { checkAccess, checkDelete, type Cred, MAY_WRITE } from "./perm.js";
 
 export const RENAME_NOREPLACE = 1;
@@ -63,7 +64,7 @@ export async function rename(runner: OpRunner, a: RenameArgs): Promise<bigint | 
       v: await ctx.mustInode(od.ino, LockMode.WRITE) };
     const tgt: Side | null = nd === null ? null : { dirIno: a.newParent, dir: newDir, d: nd,
       v: await ctx.mustInode(nd.ino, LockMode.WRITE) };
-    checkPerms(a, src, tgt, newDir);
+    await checkPerms(ctx, a, src, tgt, newDir);
     if ((a.flags & RENAME_EXCHANGE) !== 0) {
       if (tgt === null) throw new FsError("ENOENT");
       if (tgt.d.ino === src.d.ino) return null;
@@ -98,15 +99,19 @@ async function dirInode(ctx: OpCtx, ino: bigint): Promise<InodeValue> {
 }
 
 /** Deleting from the old directory, creating in the new, and moving directories' "..". */
-function checkPerms(a: RenameArgs, src: Side, tgt: Side | null, newDir: InodeValue): void {
-  checkDelete(a.cred, src.dir, src.v);
-  if (tgt !== null) checkDelete(a.cred, newDir, tgt.v);
-  else checkAccess(a.cred, newDir, MAY_WRITE);
+async function checkPerms(ctx: OpCtx, a: RenameArgs, src: Side, tgt: Side | null,
+  newDir: InodeValue): Promise<void> {
+  const acl = (ino: bigint, v: InodeValue): Promise<PosixAcl | null> =>
+    ctx.accessAcl(ino, v, a.cred);
+  checkDelete(a.cred, src.dir, src.v, await acl(a.oldParent, src.dir));
+  const newDirAcl = await acl(a.newParent, newDir);
+  if (tgt !== null) checkDelete(a.cred, newDir, tgt.v, newDirAcl);
+  else checkAccess(a.cred, newDir, MAY_WRITE, newDirAcl);
   // a directory changing parents rewrites its "..": needs write permission on it
   if (a.oldParent !== a.newParent) {
-    if (isDir(src.v.mode)) checkAccess(a.cred, src.v, MAY_WRITE);
+    if (isDir(src.v.mode)) checkAccess(a.cred, src.v, MAY_WRITE, await acl(src.d.ino, src.v));
     if (tgt !== null && (a.flags & RENAME_EXCHANGE) !== 0 && isDir(tgt.v.mode)) {
-      checkAccess(a.cred, tgt.v, MAY_WRITE);
+      checkAccess(a.cred, tgt.v, MAY_WRITE, await acl(tgt.d.ino, tgt.v));
     }
   }
   checkNotRetained(src.v);

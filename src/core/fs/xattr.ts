@@ -18,6 +18,7 @@ import {
   decodeXattrHeader, decodeXattrParts, encodeXattrParts, isDir, isReg, XATTR_NAME_MAX,
   XATTR_VALUE_MAX, xattrNameHash, S_ISVTX,
 } from "./format.js";
+import type { PosixAcl } from "./acl.js";
 import { checkNotRetained } from "./inode.js";
 import { inos, type OpCtx, type OpRunner } from "./op.js";
 import { checkAccess, type Cred, MAY_READ, MAY_WRITE } from "./perm.js";
@@ -71,7 +72,7 @@ export class XattrOps {
     const ns = xattrNamespace(name);
     return this.runner.run({ inos: inos([ino, LockMode.READ]) }, async (ctx) => {
       const v = await ctx.mustInode(ino);
-      checkPermission(ns, v, cred, MAY_READ);
+      checkPermission(ns, v, cred, MAY_READ, await ctx.accessAcl(ino, v, cred));
       const f = await find(ctx, ino, name);
       if (f === null) throw new FsError("ENODATA");
       return (await readParts(ctx, ino, f)).value;
@@ -87,7 +88,7 @@ export class XattrOps {
     const now = this.now();
     await this.runner.run({ inos: inos([ino, LockMode.WRITE]) }, async (ctx) => {
       const v = await ctx.mustInode(ino, LockMode.WRITE);
-      checkPermission(ns, v, cred, MAY_WRITE);
+      checkPermission(ns, v, cred, MAY_WRITE, await ctx.accessAcl(ino, v, cred));
       const f = await find(ctx, ino, name);
       if (f !== null && (flags & XATTR_CREATE) !== 0) throw new FsError("EEXIST");
       if (f === null && (flags & XATTR_REPLACE) !== 0) throw new FsError("ENODATA");
@@ -105,7 +106,7 @@ export class XattrOps {
     const now = this.now();
     await this.runner.run({ inos: inos([ino, LockMode.WRITE]) }, async (ctx) => {
       const v = await ctx.mustInode(ino, LockMode.WRITE);
-      checkPermission(ns, v, cred, MAY_WRITE);
+      checkPermission(ns, v, cred, MAY_WRITE, await ctx.accessAcl(ino, v, cred));
       const f = await find(ctx, ino, name);
       if (f === null) throw new FsError("ENODATA");
       ctx.dirty(ino);
@@ -147,8 +148,9 @@ function visible(name: Buffer, cred: Cred): boolean {
   return !(s.startsWith("scoutfs.") && scoutfsTags(name).has("hide."));
 }
 
-/** xattr_permission: namespace rules, then the mode bits for user. and writes. */
-function checkPermission(ns: Namespace, v: InodeValue, cred: Cred, mask: number): void {
+/** xattr_permission: namespace rules, then the mode bits (and ACL) for user. and writes. */
+function checkPermission(ns: Namespace, v: InodeValue, cred: Cred, mask: number,
+  acl: PosixAcl | null): void {
   if (ns === "trusted" || (ns === "scoutfs" && mask === MAY_WRITE)) {
     if (cred.uid !== 0) throw new FsError("EPERM");
     return;
@@ -161,7 +163,7 @@ function checkPermission(ns: Namespace, v: InodeValue, cred: Cred, mask: number)
     }
     if (mask === MAY_WRITE) checkNotRetained(v);
   }
-  if (ns === "user" || mask === MAY_WRITE) checkAccess(cred, v, mask);
+  if (ns === "user" || mask === MAY_WRITE) checkAccess(cred, v, mask, acl);
 }
 
 /** The xattr named `name` of ino: its id and part count, or null. */
@@ -196,4 +198,29 @@ async function readParts(ctx: OpCtx, ino: bigint, f: Found): Promise<{ name: Buf
 
 function deleteParts(ctx: OpCtx, ino: bigint, f: Found): void {
   for (let p = 0; p < f.parts; p++) ctx.del(xattrKey(ino, f.hash, f.id, p), ino);
+}
+
+/** The value of ino's xattr `name`, or null, inside an operation (acl_xattr.ts). */
+export async function xattrGetLocked(ctx: OpCtx, ino: bigint, name: Buffer):
+  Promise<Buffer | null> {
+  const f = await find(ctx, ino, name);
+  return f === null ? null : (await readParts(ctx, ino, f)).value;
+}
+
+/**
+ * Sets (value) or deletes (null) ino's xattr `name` inside an operation; v is ino's value
+ * read in it. True if the xattr existed before. The caller moves ctime.
+ */
+export async function xattrSetLocked(ctx: OpCtx, ino: bigint, v: InodeValue, name: Buffer,
+  value: Buffer | null): Promise<boolean> {
+  const f = await find(ctx, ino, name);
+  if (f === null && value === null) return false;
+  ctx.dirty(ino);
+  if (f !== null) deleteParts(ctx, ino, f);
+  if (value !== null) {
+    const id = v.nextXattrId++;
+    const hash = xattrNameHash(name);
+    encodeXattrParts({ name, value }).forEach((p, i) => ctx.put(xattrKey(ino, hash, id, i), p, ino));
+  }
+  return f !== null;
 }
