@@ -92,7 +92,7 @@ export class MountDaemon {
         onLockModeChange: (c) => daemon?.lockChanged(c.range.start, c.range.end, c.to),
       });
       const fs = new ScoutFs(mount.client, { dataPreallocBlocks: opts.dataPreallocBlocks,
-        dataPreallocContigOnly: opts.dataPreallocContigOnly });
+        dataPreallocContigOnly: opts.dataPreallocContigOnly, acl: opts.acl });
       const daemon: MountDaemon = new MountDaemon(env, { ...args, mountpoint }, meta, data, sb,
         mount, fs, rid);
       await daemon.serve();
@@ -120,8 +120,12 @@ export class MountDaemon {
     this.vfs = vfs;
     session = await mountFuse(vfs, {
       mountpoint: this.args.mountpoint, fsname: this.args.dataPath, subtype: "scoutfs",
-      logger: env.logger, allowOther: true, defaultPermissions: true, writebackCache: true,
+      // No writeback cache: with it the kernel trusts its own i_size and mtime of regular
+      // files over the attributes we send, even after NOTIFY_INVAL_INODE, so a change made
+      // by another mount would stay invisible here (cluster coherence comes first).
+      logger: env.logger, allowOther: true, defaultPermissions: true, writebackCache: false,
       readdirplus: "auto", extraOptions: this.args.opts.vfs.fuseFlags,
+      posixAcl: this.args.opts.acl,
     });
     this.session = session;
     try {

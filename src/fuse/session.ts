@@ -95,6 +95,13 @@ export interface FuseSessionOptions {
   explicitInvalData?: boolean;
   /** FUSE_HANDLE_KILLPRIV_V2: the filesystem clears suid/sgid itself. Default true. */
   killPrivV2?: boolean;
+  /**
+   * FUSE_POSIX_ACL: the kernel enforces POSIX ACLs from the system.posix_acl_* xattrs it
+   * caches (implies default_permissions). DONT_MASK comes with it: the kernel would apply
+   * the umask even over a default ACL, so the ops get the unmasked mode plus the umask and
+   * apply it themselves only where no default ACL is inherited. Default false.
+   */
+  posixAcl?: boolean;
   /** FUSE_FLOCK_LOCKS (needs ops.setlk). Default false. */
   flockLocks?: boolean;
   /** FUSE_ASYNC_DIO. Default false. */
@@ -589,6 +596,7 @@ export class FuseSession implements Runner {
     if (o.cacheSymlinks ?? false) f |= InitFlag.CACHE_SYMLINKS;
     if (o.explicitInvalData ?? false) f |= InitFlag.EXPLICIT_INVAL_DATA;
     if (o.asyncDio ?? false) f |= InitFlag.ASYNC_DIO;
+    if (o.posixAcl ?? false) f |= InitFlag.POSIX_ACL | InitFlag.DONT_MASK;
     return f;
   }
 

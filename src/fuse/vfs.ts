@@ -46,6 +46,7 @@ const O_ACCMODE = 3;
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const O_TRUNC = 0o1000;
+const O_EXCL = 0o200;
 
 export interface VfsOptions {
   /** Monotonic milliseconds (the groups cache); the daemon passes its Env clock. */
@@ -86,12 +87,13 @@ export class ScoutVfs implements FuseOps {
 
   async mknod(ctx: RequestContext, req: MknodReq): Promise<EntryOut> {
     const a = await this.fs.mknod(ino(req.parent), req.name, req.mode, req.rdev,
-      await this.cred(ctx));
+      await this.cred(ctx), req.umask);
     return this.entry(a, req.parent, req.name);
   }
 
   async mkdir(ctx: RequestContext, req: MkdirReq): Promise<EntryOut> {
-    const a = await this.fs.mkdir(ino(req.parent), req.name, req.mode, await this.cred(ctx));
+    const a = await this.fs.mkdir(ino(req.parent), req.name, req.mode, await this.cred(ctx),
+      req.umask);
     return this.entry(a, req.parent, req.name);
   }
 
@@ -191,9 +193,21 @@ export class ScoutVfs implements FuseOps {
   }
 
   async create(ctx: RequestContext, req: CreateReq): Promise<CreateOut> {
-    const a = await this.fs.create(ino(req.parent), req.name, req.mode, await this.cred(ctx));
+    const a = await this.fs.create(ino(req.parent), req.name, req.mode, await this.cred(ctx),
+      req.umask);
     const entry = this.entry(a, req.parent, req.name);
     this.fs.open(a.ino);
+    return { entry, open: { fh: this.nextFh++, openFlags: Fopen.KEEP_CACHE } };
+  }
+
+  /** O_TMPFILE: like create, but the inode has no name (and so no dentry to track). */
+  async tmpfile(ctx: RequestContext, req: CreateReq): Promise<CreateOut> {
+    const a = await this.fs.tmpfile(ino(req.parent), req.mode, await this.cred(ctx), req.umask,
+      (req.flags & O_EXCL) === 0);
+    this.kcache.nodeHeld(num(a.ino));
+    this.fs.open(a.ino);
+    const entry: EntryOut = { nodeid: num(a.ino), generation: 0, entryValidMs: ENTRY_VALID_MS,
+      attrValidMs: ATTR_VALID_MS, attr: toAttr(a) };
     return { entry, open: { fh: this.nextFh++, openFlags: Fopen.KEEP_CACHE } };
   }
 

@@ -34,6 +34,8 @@ export class KernelCacheTracker {
   private readonly groups = new Map<bigint, Set<number>>();
   /** Parent node id -> names handed out under it (insertion order = age). */
   private readonly names = new Map<number, Set<string>>();
+  /** Lock group -> parents with names in `names` (the root is never "held" but has names). */
+  private readonly parentGroups = new Map<bigint, Set<number>>();
   private nameCount = 0;
   /** FIFO of (parent, name) for the bound, lazily pruned. */
   private readonly fifo: [number, string][] = [];
@@ -59,11 +61,9 @@ export class KernelCacheTracker {
     if (s === undefined) return;
     s.delete(ino);
     if (s.size === 0) this.groups.delete(g);
+    // the kernel dropped this directory's inode, and with it every dentry under it
     const n = this.names.get(ino);
-    if (n !== undefined) {
-      this.nameCount -= n.size;
-      this.names.delete(ino);
-    }
+    if (n !== undefined) this.dropParent(ino, n);
   }
 
   /** A dentry (parent, name) was handed to the kernel. */
@@ -73,6 +73,13 @@ export class KernelCacheTracker {
     if (s === undefined) {
       s = new Set();
       this.names.set(parent, s);
+      const g = BigInt(parent) / LOCK_INODE_GROUP_NR;
+      let pg = this.parentGroups.get(g);
+      if (pg === undefined) {
+        pg = new Set();
+        this.parentGroups.set(g, pg);
+      }
+      pg.add(parent);
     }
     if (s.has(key)) return;
     s.add(key);
@@ -102,8 +109,11 @@ export class KernelCacheTracker {
       for (const ino of inos) {
         this.notifier.invalInode(ino);
         sent++;
-        sent += this.invalidateNamesUnder(ino);
       }
+    }
+    for (const [g, parents] of [...this.parentGroups]) {
+      if (g < firstGroup || g > lastGroup) continue;
+      for (const p of [...parents]) sent += this.invalidateNamesUnder(p);
     }
     return sent;
   }
@@ -123,9 +133,17 @@ export class KernelCacheTracker {
     const s = this.names.get(parent);
     if (s === undefined) return 0;
     for (const n of s) this.notifier.invalEntry(parent, Buffer.from(n, "latin1"));
+    this.dropParent(parent, s);
+    return s.size;
+  }
+
+  private dropParent(parent: number, s: Set<string>): void {
     this.names.delete(parent);
     this.nameCount -= s.size;
-    return s.size;
+    const g = BigInt(parent) / LOCK_INODE_GROUP_NR;
+    const pg = this.parentGroups.get(g);
+    pg?.delete(parent);
+    if (pg?.size === 0) this.parentGroups.delete(g);
   }
 
   private rebuildFifo(): void {
@@ -152,7 +170,7 @@ export class KernelCacheTracker {
       const s = this.names.get(parent);
       if (s?.delete(key) !== true) continue;
       this.nameCount--;
-      if (s.size === 0) this.names.delete(parent);
+      if (s.size === 0) this.dropParent(parent, s);
       this.notifier.invalEntry(parent, Buffer.from(key, "latin1"));
       return;
     }
