@@ -24,16 +24,29 @@ function arg(name: string, def: string): string {
   return i >= 0 ? process.argv[i + 1]! : def;
 }
 
-function report(metric: string, n: number, ms: number): void {
+/** cpu: this process's CPU time over the phase (µs); steadier than wall time on a busy host. */
+function report(metric: string, n: number, ms: number, cpuUs: number): void {
   console.log(`FS_OPS metric=${metric} value=${Math.round(n / (ms / 1000))} unit=ops/s ` +
-    `us_per_op=${((ms * 1000) / n).toFixed(1)} n=${n}`);
+    `us_per_op=${((ms * 1000) / n).toFixed(1)} cpu_us_per_op=${(cpuUs / n).toFixed(1)} n=${n}`);
 }
+
+function cpuNow(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
+/** With --phases, each phase's monotonic span in µs (to cut a --cpu-prof profile by phase). */
+const phases = process.argv.includes("--phases");
+const nowUs = (): bigint => process.hrtime.bigint() / 1000n;
 
 async function timed(metric: string, n: number, fn: (i: number) => Promise<unknown>):
   Promise<void> {
+  const h0 = nowUs();
+  const c0 = cpuNow();
   const t0 = performance.now();
   for (let i = 0; i < n; i++) await fn(i);
-  report(metric, n, performance.now() - t0);
+  report(metric, n, performance.now() - t0, cpuNow() - c0);
+  if (phases) console.log(`FS_OPS_PHASE ${metric} ${h0} ${nowUs()}`);
 }
 
 async function main(): Promise<void> {
@@ -66,7 +79,7 @@ async function main(): Promise<void> {
   const inos: bigint[] = [];
   const absent = names.map((b) => Buffer.from(`x${b.toString()}`));
   await timed("lookup_negative", n, async (i) => {
-    await sfs.lookup(d.ino, absent[i]!, root).catch(() => undefined);
+    await sfs.lookupOrNull(d.ino, absent[i]!, root);
   });
   await timed("create", n, async (i) => {
     const a = await sfs.create(d.ino, names[i]!, 0o644, root);
@@ -77,13 +90,14 @@ async function main(): Promise<void> {
   await timed("lookup", n, (i) => sfs.lookup(d.ino, names[i]!, root));
   await timed("getattr", n, (i) => sfs.getattr(inos[i]!));
   let entries = 0;
+  const c0 = cpuNow();
   const t0 = performance.now();
   for (let pos = 0n; ;) {
     let got = 0;
     pos = await sfs.readdir(d.ino, pos, () => { got++; entries++; return true; }, root);
     if (got === 0) break;
   }
-  report("readdir_entries", entries, performance.now() - t0);
+  report("readdir_entries", entries, performance.now() - t0, cpuNow() - c0);
   await sfs.sync();
   const page = Buffer.alloc(4096, 7);
   const nw = Math.min(n, 5000);

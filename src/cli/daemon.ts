@@ -92,7 +92,8 @@ export class MountDaemon {
         onLockModeChange: (c) => daemon?.lockChanged(c.range.start, c.range.end, c.to),
       });
       const fs = new ScoutFs(mount.client, { dataPreallocBlocks: opts.dataPreallocBlocks,
-        dataPreallocContigOnly: opts.dataPreallocContigOnly, acl: opts.acl });
+        dataPreallocContigOnly: opts.dataPreallocContigOnly, acl: opts.acl,
+        orphanScanDelayMs: opts.orphanScanDelayMs });
       const daemon: MountDaemon = new MountDaemon(env, { ...args, mountpoint }, meta, data, sb,
         mount, fs, rid);
       await daemon.serve();
@@ -186,6 +187,7 @@ export class MountDaemon {
     if (changed === "quorum_heartbeat_timeout_ms") {
       this.mount.quorum?.setHeartbeatTimeoutMs(next.quorumHeartbeatTimeoutMs);
     }
+    if (changed === "orphan_scan_delay_ms") this.fs.setOrphanScanDelayMs(next.orphanScanDelayMs);
     this.env.logger.log("info", `${this.prefix} mount option ${changed} changed`);
   }
 
@@ -230,6 +232,8 @@ export class MountDaemon {
     await this.status?.unmount().catch((e: unknown) => {
       log.log("warn", `${this.prefix} status directory unmount: ${String(e)}`);
     });
+    // the orphan scanner takes locks and talks to the server: stopped before the farewell
+    await this.fs.shutdown().catch(() => undefined);
     try {
       await this.mount.unmount();
     } catch (e) {

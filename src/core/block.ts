@@ -236,7 +236,7 @@ export class MetaTxn {
   }
 
   private installDirty(blkno: number, magic: number, from: Buffer | null): Buffer {
-    assert(!this.dirty.has(blkno), `blkno ${blkno} allocated twice in one transaction`);
+    if (this.dirty.has(blkno)) assert(false, `blkno ${blkno} allocated twice in one transaction`);
     const buf = this.cache.dev.allocBuffer(META_BLOCK_SIZE);
     if (from) from.copy(buf);
     buf.fill(0, 0, BLOCK_HEADER_SIZE);
@@ -269,7 +269,7 @@ export class MetaTxn {
 
   /** The dirty buffer of a ref that must be dirty here. */
   dirtyBuf(ref: BlockRef): Buffer {
-    assert(this.isDirty(ref), `block ${ref.blkno} not dirty`);
+    if (!this.isDirty(ref)) assert(false, `block ${ref.blkno} not dirty`);
     return this.dirty.get(ref.blkno)!;
   }
 

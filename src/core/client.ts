@@ -47,6 +47,7 @@ import { rangeContainsKey } from "./lock_names.js";
 import { NetCmd } from "./msg.js";
 import { type MergeWorker, startMergeWorker } from "./merge_client.js";
 import { NetClient, type NetTuning } from "./net.js";
+import { OpenInoMaps, serveOpenInoMap } from "./omap.js";
 import { decodeRoots } from "./server.js";
 import { type HeldLock, LockClient, lockItemSeq, type LockModeChange } from "./lock.js";
 
@@ -112,6 +113,12 @@ export class MountClient {
   /** The data device, and the data allocator and holds of the transaction (data_alloc.ts). */
   readonly dataDev: BlockDevice | null;
   readonly dataTrans: DataTrans;
+  /**
+   * The inodes this mount holds, per inode group (omap.ts): the namespace layer counts its
+   * references here and the server asks for a group's bitmap (OPEN_INO_MAP) before another
+   * mount deletes an unlinked inode. Without a namespace layer nothing is held.
+   */
+  readonly omap = new OpenInoMaps();
 
   constructor(readonly env: Env, readonly meta: BlockDevice, readonly counters: Counters,
     readonly opts: MountClientOptions) {
@@ -144,6 +151,7 @@ export class MountClient {
     });
     this.net.register(NetCmd.LOCK, (p) => this.locks.handleInvalidate(p));
     this.net.register(NetCmd.LOCK_RECOVER, (p) => this.locks.handleRecover(p));
+    this.net.register(NetCmd.OPEN_INO_MAP, (p) => serveOpenInoMap(this.omap, p));
   }
 
   /**
@@ -443,7 +451,7 @@ export class MountClient {
   /** Up to `limit` current items of [start, end] in key order, under `held` (cached). */
   async rangeLocked(held: HeldLock, start: Buffer, end: Buffer, limit: number):
     Promise<KeyVal[]> {
-    assert(Number.isSafeInteger(limit) && limit > 0, `range limit ${limit}`);
+    if (!Number.isSafeInteger(limit) || limit <= 0) assert(false, `range limit ${limit}`);
     const out: KeyVal[] = [];
     let p = start;
     while (out.length < limit) {

@@ -473,7 +473,7 @@ export class ItemCache {
     let prev = "";
     for (const it of items) {
       const k = sk(it.key);
-      assert(k >= s && k <= last, `fill item ${formatKey(it.key)} outside the range`);
+      if (k < s || k > last) assert(false, `fill item ${formatKey(it.key)} outside the range`);
       assert(prev === "" || prev < k, "fill items sorted");
       prev = k;
       if (isTombstone(it) || this.entries.get(k) !== undefined) continue;
@@ -870,5 +870,5 @@ function dirtyItem(e: Entry | undefined): Item | undefined {
 
 /** A read under a lock (READ or WRITE) never meets a dirty delta (see the header). */
 function assertNotDirtyDelta(e: Entry): void {
-  assert(!(e.dirty && isDelta(e)), `a locked read met the dirty delta ${formatKey(e.key)}`);
+  if (e.dirty && isDelta(e)) assert(false, `a locked read met the dirty delta ${formatKey(e.key)}`);
 }

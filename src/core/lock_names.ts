@@ -44,7 +44,7 @@ assert((LOCK_INODE_GROUP_NR & INODE_GROUP_MASK) === 0n, "inode group is a power 
 assert((LOCK_SEQ_GROUP_NR & SEQ_GROUP_MASK) === 0n, "seq group is a power of two");
 
 function checkU64(n: bigint, what: string): void {
-  assert(n >= 0n && n <= U64_MAX, `${what} ${n} is not a u64`);
+  if (n < 0n || n > U64_MAX) assert(false, `${what} ${n} is not a u64`);
 }
 
 /** The group lock covering every FS-zone item of inode `ino`. */

@@ -13,7 +13,8 @@
  * Served here: GREETING (mounted_clients item), ALLOC_INODES, GET_LOG_TREES (reclaim the
  * mount's freed blocks, refill its allocators, open a transaction with a fresh seq),
  * COMMIT_LOG_TREES (record the mount's new roots), GET_ROOTS (the last committed roots),
- * GET_LAST_SEQ, STATFS and FAREWELL. The server's global seq counter also stamps its own
+ * GET_LAST_SEQ, STATFS, OPEN_INO_MAP (the OR of the other mounts' open maps of an inode
+ * group, omap_server.ts) and FAREWELL. The server's global seq counter also stamps its own
  * transactions, so every seq it hands out is unique and greater than anything committed.
  */
 import type { Env, NetAddr } from "../env/env.js";
@@ -35,6 +36,7 @@ import { NetServer, type NetTuning } from "./net.js";
 import type { Volume, VolumeTxn } from "./volume.js";
 import { LogMerger } from "./server_merge.js";
 import { LockServer } from "./lock_server.js";
+import { OmapServer } from "./omap_server.js";
 import { listLogTrees } from "./forest.js";
 import {
   ClientRecovery, CLIENT_RECOVERY_TIMEOUT_MS, currentLogTrees, type FenceReason, mountedRids,
@@ -91,6 +93,8 @@ export class Server {
   readonly merger: LogMerger;
   private lockServer: LockServer | null = null;
   readonly recovery: ClientRecovery;
+  /** OPEN_INO_MAP gathers (omap_server.ts). */
+  readonly omap: OmapServer;
 
   constructor(readonly env: Env, readonly vol: Volume, readonly counters: Counters,
     readonly opts: ServerOptions) {
@@ -116,6 +120,11 @@ export class Server {
       requestMerge: () => { this.requestMerge(); },
       onFatal: (e) => { this.fatal(e); },
       stopped: () => this.stopped,
+    });
+    this.omap = new OmapServer({
+      env, counters, mountedRids: () => mountedRids(this.vol.cache, this.vol.sb.mountedClients),
+      connected: (rid) => this.net.connection(rid)?.connected === true,
+      request: (rid, p) => this.net.request(rid, NetCmd.OPEN_INO_MAP, p),
     });
     this.register();
     this.merger = new LogMerger({
@@ -211,6 +220,7 @@ export class Server {
     this.net.register(NetCmd.LOCK, (p, peer) => this.locks.handleRequest(peer.rid, p));
     this.net.register(NetCmd.GET_LAST_SEQ, () => this.getLastSeq());
     this.net.register(NetCmd.STATFS, () => this.statfs());
+    this.net.register(NetCmd.OPEN_INO_MAP, (p, peer) => this.omap.handle(p, peer.rid));
     this.net.register(NetCmd.GET_LOG_MERGE, (p, peer) => this.merger.getLogMerge(p, peer.rid));
     this.net.register(NetCmd.COMMIT_LOG_MERGE, (p, peer) => this.merger.commitLogMerge(p, peer.rid));
     this.net.register(NetCmd.FAREWELL, async (_p, peer) => {

@@ -187,7 +187,7 @@ export function writeU64(buf: Buffer, off: number, n: number, what: string): voi
 }
 
 export function writeI64(buf: Buffer, off: number, n: number, what: string): void {
-  assert(Number.isSafeInteger(n), `${what} ${n} not a safe integer`);
+  if (!Number.isSafeInteger(n)) assert(false, `${what} ${n} not a safe integer`);
   const hi = Math.floor(n / TWO32);
   buf.writeUInt32LE(n - hi * TWO32, off);
   buf.writeInt32LE(hi, off + 4);
@@ -200,6 +200,8 @@ export class Struct<T> {
   /** The fields in wire order (pad fields carry their byte count as kind). */
   readonly fields: readonly Field[];
   private readonly offsets: readonly number[];
+  /** "struct.field" per field, for error messages (built once: decode/encode are hot). */
+  private readonly whats: readonly string[];
 
   constructor(name: string, size: number, fields: readonly Field[]) {
     this.name = name;
@@ -213,6 +215,7 @@ export class Struct<T> {
     }
     assert(off === size, `${name}: fields add up to ${off} bytes, not ${size}`);
     this.offsets = offsets;
+    this.whats = fields.map(([f]) => `${name}.${f}`);
   }
 
   /** Decodes the struct at buf[off..]; a short buffer is EINVAL. */
@@ -224,20 +227,20 @@ export class Struct<T> {
     for (let i = 0; i < this.fields.length; i++) {
       const [name, k] = this.fields[i]!;
       if (typeof k === "number") continue;
-      out[name] = readField(buf, off + this.offsets[i]!, k, `${this.name}.${name}`);
+      out[name] = readField(buf, off + this.offsets[i]!, k, this.whats[i]!);
     }
     return out as unknown as T;
   }
 
   /** Encodes v into buf at off (a fresh zeroed buffer by default); pad bytes are zeroed. */
   encode(v: T, buf: Buffer = Buffer.alloc(this.size), off = 0): Buffer {
-    assert(buf.length - off >= this.size, `${this.name}: encode buffer too small`);
+    if (buf.length - off < this.size) assert(false, `${this.name}: encode buffer too small`);
     const rec = v as unknown as Record<string, number | bigint>;
     for (let i = 0; i < this.fields.length; i++) {
       const [name, k] = this.fields[i]!;
       const at = off + this.offsets[i]!;
       if (typeof k === "number") buf.fill(0, at, at + k);
-      else writeField(buf, at, k, rec[name], `${this.name}.${name}`);
+      else writeField(buf, at, k, rec[name], this.whats[i]!);
     }
     return buf;
   }
@@ -258,11 +261,13 @@ function readField(buf: Buffer, off: number, k: Exclude<Kind, number>, what: str
 function writeField(buf: Buffer, off: number, k: Exclude<Kind, number>,
   v: number | bigint | undefined, what: string): void {
   if (k === "b64") {
-    assert(typeof v === "bigint", `${what} must be a bigint`);
+    if (typeof v !== "bigint") assert(false, `${what} must be a bigint`);
     buf.writeBigUInt64LE(BigInt.asUintN(64, v), off);
     return;
   }
-  assert(typeof v === "number" && Number.isInteger(v), `${what} must be an integer, got ${v}`);
+  if (typeof v !== "number" || !Number.isInteger(v)) {
+    assert(false, `${what} must be an integer, got ${v}`);
+  }
   switch (k) {
     case "u16": buf.writeUInt16LE(v, off); return;
     case "u32": buf.writeUInt32LE(v, off); return;

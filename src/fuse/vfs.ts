@@ -14,6 +14,9 @@
  * Permissions are checked twice on purpose: the kernel checks modes first
  * (default_permissions, cheap and cached), the core checks again as the caller, so a change
  * made by another mount is enforced even before the kernel's copy of the mode is refreshed.
+ * With the acl option the session negotiates FUSE_POSIX_ACL, so the kernel also checks the
+ * ACLs it caches from GETXATTR, and DONT_MASK: creates pass the caller's umask to the core,
+ * which applies it only where no default ACL is inherited.
  */
 
 import { readFile } from "node:fs/promises";
@@ -30,7 +33,7 @@ import {
   type GetxattrReq, type LinkReq, type ListxattrReq, type LseekReq, type MkdirReq, type MknodReq,
   type NameReq, type NodeReq, type OpenOut, type OpenReq, type ReadReq, type ReleaseReq,
   type RemovexattrReq, type RenameReq, type SetattrReq, type SetxattrReq, type Statfs,
-  type SymlinkReq, type WriteReq, Fopen,
+  type SymlinkReq, type WriteReq, Fopen, negativeEntry,
 } from "./proto.js";
 import { KernelCacheTracker, type KernelNotifier } from "./vfs_kcache.js";
 
@@ -72,7 +75,9 @@ export class ScoutVfs implements FuseOps {
   // Names.
 
   async lookup(ctx: RequestContext, req: NameReq): Promise<EntryOut> {
-    const a = await this.fs.lookup(ino(req.parent), req.name, await this.cred(ctx));
+    const a = await this.fs.lookupOrNull(ino(req.parent), req.name, await this.cred(ctx));
+    // a negative entry valid for 0 ms is ENOENT without building and catching an error
+    if (a === null) return NEGATIVE_ENTRY;
     return this.entry(a, req.parent, req.name);
   }
 
@@ -362,6 +367,9 @@ export class ScoutVfs implements FuseOps {
     return groups;
   }
 }
+
+/** A LOOKUP miss: nodeid 0, not cached (another mount may create the name at any time). */
+const NEGATIVE_ENTRY: EntryOut = negativeEntry(0);
 
 const DOT = Buffer.from(".");
 const DOTDOT = Buffer.from("..");

@@ -41,6 +41,7 @@ import {
 } from "./inode.js";
 import { inos, type OpCtx, OpRunner } from "./op.js";
 import { InodeRefs } from "./orphan.js";
+import { OrphanScanner } from "./orphan_scan.js";
 import { AclOps, aclTypeOf } from "./acl_xattr.js";
 import { checkAccess, checkDelete, type Cred, MAY_EXEC, MAY_READ, MAY_WRITE } from "./perm.js";
 import { rename, type RenameArgs } from "./rename.js";
@@ -69,6 +70,8 @@ export interface ScoutFsOptions {
   dataPreallocContigOnly?: boolean;
   /** Mount option acl / noacl (default acl): POSIX ACLs honoured and settable. */
   acl?: boolean;
+  /** Mount option orphan_scan_delay_ms (default 10000; setOrphanScanDelayMs changes it). */
+  orphanScanDelayMs?: number;
 }
 
 export interface Statfs {
@@ -87,6 +90,8 @@ export interface Statfs {
 export class ScoutFs {
   readonly runner: OpRunner;
   readonly refs: InodeRefs;
+  /** Deletes orphans no mount holds any more, on a timer (orphan_scan.ts). */
+  readonly orphanScan: OrphanScanner;
   readonly xattrs: XattrOps;
   readonly linkMax: number;
   /** File data (data.ts); its opts are the data mount options, changeable at run time. */
@@ -115,6 +120,8 @@ export class ScoutFs {
     this.truncateHook = opts.truncate ??
       ((ctx, ino, oldSize, newSize) => this.data.truncate(ctx, ino, oldSize, newSize));
     this.refs = new InodeRefs(this.runner, this.truncateHook);
+    this.orphanScan = new OrphanScanner(client, this.refs, opts.orphanScanDelayMs);
+    this.orphanScan.start();
     this.xattrs = new XattrOps(this.runner, () => this.now());
     this.acls = new AclOps(this.runner, () => this.now(), opts.acl ?? true);
     if (this.acls.enabled) this.runner.acl = this.acls;
@@ -133,6 +140,16 @@ export class ScoutFs {
   // Reads.
 
   async lookup(parent: bigint, name: Buffer, cred: Cred): Promise<InodeAttr> {
+    const a = await this.lookupOrNull(parent, name, cred);
+    if (a === null) throw new FsError("ENOENT");
+    return a;
+  }
+
+  /**
+   * lookup() with a missing name answered null instead of ENOENT: the LOOKUP before every
+   * create misses, and building an Error (its stack) was a tenth of a negative lookup.
+   */
+  async lookupOrNull(parent: bigint, name: Buffer, cred: Cred): Promise<InodeAttr | null> {
     if (name.length > NAME_LEN_MAX) throw new FsError("ENAMETOOLONG");
     const a = await this.runner.run({ inos: this.withChildHint(parent, LockMode.READ) },
       async (ctx) => {
@@ -144,11 +161,12 @@ export class ScoutFs {
       else {
         checkName(name);
         const d = await findEntry(ctx, parent, name);
-        if (d === null) throw new FsError("ENOENT");
+        if (d === null) return null;
         ino = d.ino;
       }
       return attrOf(ino, await ctx.mustInode(ino));
     });
+    if (a === null) return null;
     this.noteChild(parent, a.ino);
     this.refs.lookup(a.ino, 1);
     return a;
@@ -491,6 +509,16 @@ export class ScoutFs {
     } finally {
       if (!this.refs.held(ino)) this.linkable.delete(ino);
     }
+  }
+
+  /** A new orphan_scan_delay_ms (the sysfs option): the next scan is rescheduled with it. */
+  setOrphanScanDelayMs(ms: number): void {
+    this.orphanScan.setDelayMs(ms);
+  }
+
+  /** Stops background work (the orphan scanner) before the mount unmounts. */
+  shutdown(): Promise<void> {
+    return this.orphanScan.stop();
   }
 
   /** Commits the open transaction (fsync, syncfs). */

@@ -37,6 +37,8 @@ import { isReg } from "./format.js";
 import { KeyedMutex } from "./mutex.js";
 import { aclCanMatter, type Cred } from "./perm.js";
 
+/** Inode group lock ranges the runner keeps built (groupRange). */
+const GROUP_RANGES_CACHED = 4096;
 /** Times an operation re-runs to lock what it discovered it needs before giving up. */
 export const OP_MAX_ATTEMPTS = 64;
 /** Items one operation may write at most (bounds the write phase and the dirty set). */
@@ -91,6 +93,8 @@ export class OpCtx {
   private readonly orphans: { ino: bigint; add: boolean }[] = [];
   private readonly endHooks: ((applied: boolean) => void)[] = [];
   private applied = false;
+  /** The held lock of each group need() was asked about (spares building a key per call). */
+  private readonly heldByGroup = new Map<bigint, HeldLock>();
 
   constructor(readonly client: MountClient, private readonly handle: LockHandle,
     private readonly modes: ReadonlyMap<bigint, LockMode>, readonly fmtVers: number,
@@ -104,12 +108,17 @@ export class OpCtx {
 
   /** The held group lock of ino, or NeedLocks if its group is not held in `mode`. */
   need(ino: bigint, mode: LockMode = LockMode.READ): HeldLock {
-    const have = this.modes.get(inodeGroupFirst(ino));
+    const group = inodeGroupFirst(ino);
+    const have = this.modes.get(group);
     if (have === undefined || (mode === LockMode.WRITE && have !== LockMode.WRITE)) {
       throw new NeedLocks(new Map([[ino, mode]]));
     }
-    const held = this.handle.covering(inodeKey(ino));
-    assert(held !== undefined, "locked group has a held lock");
+    let held = this.heldByGroup.get(group);
+    if (held === undefined) {
+      held = this.handle.covering(inodeKey(ino));
+      assert(held !== undefined, "locked group has a held lock");
+      this.heldByGroup.set(group, held);
+    }
     return held;
   }
 
@@ -272,10 +281,22 @@ export class OpCtx {
 /** Runs operation bodies under their locks (one per mount). */
 export class OpRunner {
   private readonly local = new KeyedMutex();
+  private readonly ranges = new Map<bigint, LockRange>();
   /** The ACL layer every operation gets (ScoutFs sets it when the acl option is on). */
   acl: AclHooks | null = null;
 
   constructor(readonly client: MountClient, readonly fmtVers: number) {}
+
+  /** inodeGroupRange(first), memoized: two keys built per group per operation otherwise. */
+  private groupRange(first: bigint): LockRange {
+    let r = this.ranges.get(first);
+    if (r === undefined) {
+      if (this.ranges.size >= GROUP_RANGES_CACHED) this.ranges.clear();
+      r = inodeGroupRange(first);
+      this.ranges.set(first, r);
+    }
+    return r;
+  }
 
   /**
    * The inode's value as the item cache holds it at this instant, without locking: null if
@@ -316,10 +337,10 @@ export class OpRunner {
     const writeKeys = [...groups].filter(([, m]) => m === LockMode.WRITE)
       .map(([g]) => `g${g.toString(16).padStart(16, "0")}`);
     if (rename) writeKeys.unshift("rename");
-    const releaseLocal = await this.local.lockAll(writeKeys);
+    const releaseLocal = writeKeys.length === 0 ? noRelease : await this.local.lockAll(writeKeys);
     try {
       const reqs: { range: LockRange; mode: LockMode }[] = [...groups].map(([g, mode]) =>
-        ({ range: inodeGroupRange(g), mode }));
+        ({ range: this.groupRange(g), mode }));
       if (rename) reqs.push({ range: renameRange(), mode: LockMode.WRITE });
       const handle = await this.client.locks.lockEach(reqs);
       let value: T;
@@ -347,6 +368,9 @@ export class OpRunner {
     }
   }
 }
+
+/** Read-only operations take no local mutex. */
+const noRelease = (): void => undefined;
 
 /** The mode of each inode group: WRITE if any of its inodes is wanted in WRITE. */
 function groupModes(want: ReadonlyMap<bigint, LockMode>): Map<bigint, LockMode> {
