@@ -26,7 +26,8 @@
 
 import fsp from "node:fs/promises";
 import { Errno, fromNodeError, strerror } from "../util/errno.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
+import type { ArgpSpec } from "./argp.js";
+import { argpCommand } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
 
 /** counters.c: char buf[25] read with one pread. */
@@ -215,18 +216,10 @@ export async function readCounters(sysfsDir: string, io: CliIo): Promise<Counter
   return out;
 }
 
-export const countersCommand: CliCommand = {
-  name: "counters",
-  group: "debug",
-  argsDoc: COUNTERS_ARGP.argsDoc,
-  summary: COUNTERS_ARGP.doc ?? "",
-  async run(argv: readonly string[], io: CliIo): Promise<number> {
-    const r = argpParse(COUNTERS_ARGP, argv, io);
-    if (r.kind === "exit") return r.code;
-    if (r.kind === "error") return -r.errno;
-    const ctrs = await readCounters(r.input.sysfsPath!, io);
+export const countersCommand: CliCommand =
+  argpCommand({ name: "counters", group: "debug" }, COUNTERS_ARGP, async (a, io) => {
+    const ctrs = await readCounters(a.sysfsPath!, io);
     if (typeof ctrs === "number") return ctrs;
-    io.out(formatCounters(ctrs, r.input.table ? tableColumns() : null));
+    io.out(formatCounters(ctrs, a.table ? tableColumns() : null));
     return 0;
-  },
-};
+  });

@@ -14,10 +14,11 @@
  * "alloc_detail returned -1: ..." on stderr, then the command fails with EIO. Positional
  * arguments are accepted and ignored.
  */
-import { Errno, isFsError, strerror } from "../util/errno.js";
+import { Errno, type FsError, strerror } from "../util/errno.js";
 import { DATA_BLOCK_SIZE, META_BLOCK_SIZE } from "../core/format.js";
 import type { AllocDetailEntry, StatfsMore } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
+import type { ArgpSpec } from "./argp.js";
+import { argpCommand, request, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
 import {
   type ControlDeps, type ControlTarget, openMountPath, PATH_OPTION, realControlDeps,
@@ -82,51 +83,23 @@ export function formatDf(sfm: StatfsMore, allocs: readonly AllocDetailEntry[], h
     .join("");
 }
 
-async function query(t: ControlTarget, io: CliIo):
-  Promise<{ sfm: StatfsMore; allocs: AllocDetailEntry[] } | number> {
-  let sfm: StatfsMore;
-  try {
-    sfm = await t.call("statfsMore", {});
-  } catch (e) {
-    if (!isFsError(e)) throw e;
-    io.err(`statfs_more returned -1: error ${strerror(e.errno)} (${e.errno})\n`);
-    return -Errno.EIO;
-  }
-  try {
-    return { sfm, allocs: await t.call("allocDetail", {}) };
-  } catch (e) {
-    if (!isFsError(e)) throw e;
-    io.err(`alloc_detail returned -1: error ${strerror(e.errno)} (${e.errno})\n`);
-    return -Errno.EIO;
-  }
-}
+/** Upstream's line for a failed ioctl of df: "<name> returned -1: error <strerror> (<errno>)". */
+const dfFailed = (name: string) => (e: FsError): string =>
+  `${name} returned -1: error ${strerror(e.errno)} (${e.errno})\n`;
 
-async function doDf(a: DfArgs, deps: ControlDeps, io: CliIo): Promise<number> {
-  const t = await openMountPath(deps, a.path, io);
-  if (typeof t === "number") return t;
-  try {
-    const q = await query(t, io);
-    if (typeof q === "number") return q;
-    io.out(formatDf(q.sfm, q.allocs, a.humanReadable));
-    return 0;
-  } finally {
-    t.close();
-  }
+/** Both ioctls, then the table; either failing fails the command with EIO, as upstream. */
+async function df(t: ControlTarget, human: boolean, io: CliIo): Promise<number> {
+  const sfm = await request(t, "statfsMore", {}, io, dfFailed("statfs_more"));
+  if (typeof sfm === "number") return -Errno.EIO;
+  const allocs = await request(t, "allocDetail", {}, io, dfFailed("alloc_detail"));
+  if (typeof allocs === "number") return -Errno.EIO;
+  io.out(formatDf(sfm, allocs, human));
+  return 0;
 }
 
 export function makeDfCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "df",
-    group: "core",
-    argsDoc: DF_ARGP.argsDoc,
-    summary: DF_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(DF_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      return doDf(r.input, deps, io);
-    },
-  };
+  return argpCommand({ name: "df", group: "core" }, DF_ARGP, (a, io) =>
+    withTarget(openMountPath(deps, a.path, io), (t) => df(t, a.humanReadable, io)));
 }
 
 export const dfCommand: CliCommand = makeDfCommand(realControlDeps());

@@ -14,12 +14,12 @@
  * final check still reports "must provide --ino starting inode number option" (exit 64).
  * Positional arguments are accepted and ignored.
  */
-import { isFsError } from "../util/errno.js";
 import { ALLOCATED_INOS_MAX } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
+import type { ArgpSpec } from "./argp.js";
+import { argpCommand, request, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
 import {
-  type ControlDeps, type ControlTarget, errLine, openMountPath, PATH_OPTION, realControlDeps,
+  type ControlDeps, type ControlTarget, openMountPath, PATH_OPTION, realControlDeps,
 } from "./control.js";
 import { parseU64 } from "./parse.js";
 
@@ -65,39 +65,18 @@ export const GET_ALLOCATED_INOS_ARGP: ArgpSpec<AllocatedArgs, "i" | "p" | "s"> =
 };
 
 async function allocated(t: ControlTarget, a: AllocatedArgs, io: CliIo): Promise<number> {
-  let inos: bigint[];
-  try {
-    inos = await t.call("getAllocatedInos",
-      { startIno: a.ino, max: a.single ? 1 : ALLOCATED_INOS_MAX });
-  } catch (e) {
-    if (!isFsError(e)) throw e;
-    io.err(errLine("get_allocated_inos ioctl failed", e));
-    return -e.errno;
-  }
+  let inos = await request(t, "getAllocatedInos",
+    { startIno: a.ino, max: a.single ? 1 : ALLOCATED_INOS_MAX }, io,
+    "get_allocated_inos ioctl failed");
+  if (typeof inos === "number") return inos;
   if (a.single && inos.length > 0 && inos[0] !== a.ino) inos = [];
   io.out(inos.map((n) => `${n}\n`).join(""));
   return 0;
 }
 
 export function makeGetAllocatedInosCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "get-allocated-inos",
-    group: "debug",
-    argsDoc: GET_ALLOCATED_INOS_ARGP.argsDoc,
-    summary: GET_ALLOCATED_INOS_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(GET_ALLOCATED_INOS_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      const t = await openMountPath(deps, r.input.path, io);
-      if (typeof t === "number") return t;
-      try {
-        return await allocated(t, r.input, io);
-      } finally {
-        t.close();
-      }
-    },
-  };
+  return argpCommand({ name: "get-allocated-inos", group: "debug" }, GET_ALLOCATED_INOS_ARGP,
+    (a, io) => withTarget(openMountPath(deps, a.path, io), (t) => allocated(t, a, io)));
 }
 
 export const getAllocatedInosCommand: CliCommand =

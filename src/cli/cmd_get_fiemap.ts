@@ -12,15 +12,13 @@
  * Argument quirks kept: -P clears "logical" and -L clears "physical" (the flags name what is
  * *not* wanted), so both together are "can't pass both -P and -L options".
  */
-import { isFsError } from "../util/errno.js";
 import {
   FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNKNOWN, FIEMAP_EXTENT_UNWRITTEN, type FiemapExtent,
 } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
+import type { ArgpSpec } from "./argp.js";
+import { argpCommand, request, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
-import {
-  type ControlDeps, type ControlTarget, errLine, openFile, realControlDeps,
-} from "./control.js";
+import { type ControlDeps, type ControlTarget, openFile, realControlDeps } from "./control.js";
 
 interface FiemapArgs {
   filename: string | null;
@@ -75,14 +73,9 @@ async function fiemap(t: ControlTarget, a: FiemapArgs, io: CliIo): Promise<numbe
   let nr = 0n;
   let start = 0n;
   for (;;) {
-    let ents: FiemapExtent[];
-    try {
-      ents = await t.call("fiemap", { ino: t.ino, start, max: FIEMAP_BATCH });
-    } catch (e) {
-      if (!isFsError(e)) throw e;
-      io.err(errLine("get_fiemap ioctl failed", e));
-      return -e.errno;
-    }
+    const ents = await request(t, "fiemap", { ino: t.ino, start, max: FIEMAP_BATCH }, io,
+      "get_fiemap ioctl failed");
+    if (typeof ents === "number") return ents;
     if (ents.length === 0) break;
     io.out(ents.map((e) => formatExtent(a, e, nr++, t.blksize)).join(""));
     const last = ents[ents.length - 1]!;
@@ -94,24 +87,8 @@ async function fiemap(t: ControlTarget, a: FiemapArgs, io: CliIo): Promise<numbe
 }
 
 export function makeGetFiemapCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "get-fiemap",
-    group: "debug",
-    argsDoc: GET_FIEMAP_ARGP.argsDoc,
-    summary: GET_FIEMAP_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(GET_FIEMAP_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      const t = await openFile(deps, r.input.filename!, io);
-      if (typeof t === "number") return t;
-      try {
-        return await fiemap(t, r.input, io);
-      } finally {
-        t.close();
-      }
-    },
-  };
+  return argpCommand({ name: "get-fiemap", group: "debug" }, GET_FIEMAP_ARGP, (a, io) =>
+    withTarget(openFile(deps, a.filename!, io), (t) => fiemap(t, a, io)));
 }
 
 export const getFiemapCommand: CliCommand = makeGetFiemapCommand(realControlDeps());

@@ -8,13 +8,12 @@
  * A failure prints "ioctl failed: <strerror> (<errno>)" and the command fails with it.
  * Arguments as ino-path (cmd_ino_path.ts).
  */
-import { isFsError } from "../util/errno.js";
 import { REFERRING_ENTRIES_MAX, type ReferringEntry } from "../core/fs/ioctl.js";
-import { argpParse } from "./argp.js";
+import { argpCommand, request, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
 import { inoArgp, nextCursor } from "./cmd_ino_path.js";
 import {
-  type ControlDeps, type ControlTarget, errLine, openMountPath, outBytes, realControlDeps,
+  type ControlDeps, type ControlTarget, openMountPath, outBytes, realControlDeps,
 } from "./control.js";
 
 export const GET_REFERRING_ENTRIES_ARGP =
@@ -29,14 +28,9 @@ export function formatEntry(e: ReferringEntry): Buffer {
 async function entries(t: ControlTarget, ino: bigint, io: CliIo): Promise<number> {
   let cur: { dirIno: bigint; dirPos: bigint } | null = { dirIno: 0n, dirPos: 0n };
   while (cur !== null) {
-    let ents: ReferringEntry[];
-    try {
-      ents = await t.call("getReferringEntries", { ino, ...cur, max: REFERRING_ENTRIES_MAX });
-    } catch (e) {
-      if (!isFsError(e)) throw e;
-      io.err(errLine("ioctl failed", e));
-      return -e.errno;
-    }
+    const ents = await request(t, "getReferringEntries",
+      { ino, ...cur, max: REFERRING_ENTRIES_MAX }, io, "ioctl failed");
+    if (typeof ents === "number") return ents;
     if (ents.length === 0) return 0;
     outBytes(io, Buffer.concat(ents.map(formatEntry)));
     const last = ents[ents.length - 1]!;
@@ -47,24 +41,9 @@ async function entries(t: ControlTarget, ino: bigint, io: CliIo): Promise<number
 }
 
 export function makeGetReferringEntriesCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "get-referring-entries",
-    group: "search",
-    argsDoc: GET_REFERRING_ENTRIES_ARGP.argsDoc,
-    summary: GET_REFERRING_ENTRIES_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(GET_REFERRING_ENTRIES_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      const t = await openMountPath(deps, r.input.path, io);
-      if (typeof t === "number") return t;
-      try {
-        return await entries(t, r.input.ino, io);
-      } finally {
-        t.close();
-      }
-    },
-  };
+  return argpCommand({ name: "get-referring-entries", group: "search" },
+    GET_REFERRING_ENTRIES_ARGP, (a, io) =>
+      withTarget(openMountPath(deps, a.path, io), (t) => entries(t, a.ino, io)));
 }
 
 export const getReferringEntriesCommand: CliCommand =

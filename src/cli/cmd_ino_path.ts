@@ -12,7 +12,8 @@
  */
 import { isFsError } from "../util/errno.js";
 import type { InoPathResult } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec, type ArgpState } from "./argp.js";
+import type { ArgpSpec, ArgpState } from "./argp.js";
+import { argpCommand, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
 import {
   type ControlDeps, type ControlTarget, errLine, openMountPath, outBytes, PATH_OPTION,
@@ -85,24 +86,8 @@ async function paths(t: ControlTarget, ino: bigint, io: CliIo): Promise<number> 
 }
 
 export function makeInoPathCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "ino-path",
-    group: "search",
-    argsDoc: INO_PATH_ARGP.argsDoc,
-    summary: INO_PATH_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(INO_PATH_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      const t = await openMountPath(deps, r.input.path, io);
-      if (typeof t === "number") return t;
-      try {
-        return await paths(t, r.input.ino, io);
-      } finally {
-        t.close();
-      }
-    },
-  };
+  return argpCommand({ name: "ino-path", group: "search" }, INO_PATH_ARGP, (a, io) =>
+    withTarget(openMountPath(deps, a.path, io), (t) => paths(t, a.ino, io)));
 }
 
 export const inoPathCommand: CliCommand = makeInoPathCommand(realControlDeps());

@@ -8,13 +8,11 @@
  * reply returns until the mount says every xattr was examined. Failures print
  * "listxattr_hidden ioctl failed: <strerror> (<errno>)" and fail with that errno.
  */
-import { FsError, isFsError } from "../util/errno.js";
-import type { ListxattrHiddenResult } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
+import { FsError } from "../util/errno.js";
+import type { ArgpSpec } from "./argp.js";
+import { argpCommand, request, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
-import {
-  type ControlDeps, type ControlTarget, errLine, openFile, realControlDeps,
-} from "./control.js";
+import { type ControlDeps, type ControlTarget, openFile, realControlDeps } from "./control.js";
 
 interface HiddenArgs {
   filename: string | null;
@@ -46,14 +44,9 @@ async function list(t: ControlTarget, io: CliIo): Promise<number> {
   let hashPos = 0n;
   let idPos = 0n;
   for (;;) {
-    let r: ListxattrHiddenResult;
-    try {
-      r = await t.call("listxattrHidden", { ino: t.ino, hashPos, idPos });
-    } catch (e) {
-      if (!isFsError(e)) throw e;
-      io.err(errLine("listxattr_hidden ioctl failed", e));
-      return -e.errno;
-    }
+    const r = await request(t, "listxattrHidden", { ino: t.ino, hashPos, idPos }, io,
+      "listxattr_hidden ioctl failed");
+    if (typeof r === "number") return r;
     if (r.names.length > 0) io.out(r.names.map((n) => `${printableName(n)}\n`).join(""));
     if (r.done) return 0;
     // a cursor that does not move would loop forever: the reply is nonsense
@@ -63,24 +56,8 @@ async function list(t: ControlTarget, io: CliIo): Promise<number> {
 }
 
 export function makeListHiddenXattrsCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "list-hidden-xattrs",
-    group: "info",
-    argsDoc: LIST_HIDDEN_XATTRS_ARGP.argsDoc,
-    summary: LIST_HIDDEN_XATTRS_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(LIST_HIDDEN_XATTRS_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      const t = await openFile(deps, r.input.filename!, io);
-      if (typeof t === "number") return t;
-      try {
-        return await list(t, io);
-      } finally {
-        t.close();
-      }
-    },
-  };
+  return argpCommand({ name: "list-hidden-xattrs", group: "info" }, LIST_HIDDEN_XATTRS_ARGP,
+    (a, io) => withTarget(openFile(deps, a.filename!, io), (t) => list(t, io)));
 }
 
 export const listHiddenXattrsCommand: CliCommand = makeListHiddenXattrsCommand(realControlDeps());

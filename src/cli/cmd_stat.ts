@@ -10,13 +10,13 @@
  * Upstream quirk kept: when the ioctl fails the command prints "ioctl failed: <strerror>
  * (<errno>)" and still exits 0 with no value.
  */
-import { Errno, isFsError } from "../util/errno.js";
 import type { StatMore } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
-import type { CliCommand, CliIo } from "./command.js";
+import type { ArgpSpec } from "./argp.js";
 import {
-  type ControlDeps, errLine, openMountPath, realControlDeps,
-} from "./control.js";
+  argpCommand, type FieldsQuery, type FieldTable, printFields, SINGLE_FIELD_OPTION,
+} from "./cmd_common.js";
+import type { CliCommand } from "./command.js";
+import { type ControlDeps, openMountPath, realControlDeps } from "./control.js";
 
 interface StatArgs {
   path: string | null;
@@ -24,10 +24,7 @@ interface StatArgs {
 }
 
 export const STAT_ARGP: ArgpSpec<StatArgs, "s"> = {
-  options: [
-    { key: "s", short: "s", long: "single-field", arg: "FIELD-NAME",
-      doc: "Specify single field to print" },
-  ],
+  options: [SINGLE_FIELD_OPTION],
   argsDoc: "FILE",
   doc: "Show ScoutFS extra inode information",
   init: () => ({ path: null, singleField: null }),
@@ -46,7 +43,7 @@ export const STAT_ARGP: ArgpSpec<StatArgs, "s"> = {
 };
 
 /** inode_fields[] in upstream's order, each with how it prints. */
-export const STAT_FIELDS: readonly [string, (s: StatMore) => string][] = [
+export const STAT_FIELDS: FieldTable<StatMore> = [
   ["meta_seq", (s) => `${s.metaSeq}`],
   ["data_seq", (s) => `${s.dataSeq}`],
   ["data_version", (s) => `${s.dataVersion}`],
@@ -55,48 +52,13 @@ export const STAT_FIELDS: readonly [string, (s: StatMore) => string][] = [
   ["crtime", (s) => `${s.crtimeSec}.${String(s.crtimeNsec).padStart(9, "0")}`],
 ];
 
-/** The whole report, or the single field's bare value. */
-export function formatStatFields<T>(fields: readonly [string, (s: T) => string][], s: T,
-  single: string | null): string {
-  if (single !== null) {
-    const f = fields.find(([name]) => name === single)!;
-    return `${f[1](s)}\n`;
-  }
-  return fields.map(([name, pr]) => `${name.padEnd(17)} ${pr(s)}\n`).join("");
-}
-
-async function doStat(a: StatArgs, deps: ControlDeps, io: CliIo): Promise<number> {
-  if (a.singleField !== null && !STAT_FIELDS.some(([n]) => n === a.singleField)) {
-    io.err(`unknown field: '${a.singleField}'\n`);
-    return -Errno.EINVAL;
-  }
-  const t = await openMountPath(deps, a.path, io);
-  if (typeof t === "number") return t;
-  try {
-    const s = await t.call("statMore", { ino: t.ino });
-    io.out(formatStatFields(STAT_FIELDS, s, a.singleField));
-  } catch (e) {
-    if (!isFsError(e)) throw e;
-    io.err(errLine("ioctl failed", e));
-  } finally {
-    t.close();
-  }
-  return 0;
-}
+const STAT_QUERY: FieldsQuery<"statMore"> = {
+  op: "statMore", args: (t) => ({ ino: t.ino }), fields: STAT_FIELDS,
+};
 
 export function makeStatCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "stat",
-    group: "info",
-    argsDoc: STAT_ARGP.argsDoc,
-    summary: STAT_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(STAT_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      return doStat(r.input, deps, io);
-    },
-  };
+  return argpCommand({ name: "stat", group: "info" }, STAT_ARGP, (a, io) =>
+    printFields(STAT_QUERY, a.singleField, () => openMountPath(deps, a.path, io), io));
 }
 
 export const statCommand: CliCommand = makeStatCommand(realControlDeps());

@@ -7,14 +7,13 @@
  * are accepted and ignored (upstream's parser returns 0 for them). Like stat, a failed ioctl
  * prints "ioctl failed: ..." and exits 0.
  */
-import { Errno, isFsError } from "../util/errno.js";
 import type { StatfsMore } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
-import type { CliCommand, CliIo } from "./command.js";
-import { formatStatFields } from "./cmd_stat.js";
+import type { ArgpSpec } from "./argp.js";
 import {
-  type ControlDeps, errLine, openMountPath, PATH_OPTION, realControlDeps,
-} from "./control.js";
+  argpCommand, type FieldsQuery, type FieldTable, printFields, SINGLE_FIELD_OPTION,
+} from "./cmd_common.js";
+import type { CliCommand } from "./command.js";
+import { type ControlDeps, openMountPath, PATH_OPTION, realControlDeps } from "./control.js";
 
 interface StatfsArgs {
   path: string | null;
@@ -24,8 +23,7 @@ interface StatfsArgs {
 export const STATFS_ARGP: ArgpSpec<StatfsArgs, "p" | "s"> = {
   options: [
     PATH_OPTION,
-    { key: "s", short: "s", long: "single-field", arg: "FIELD-NAME",
-      doc: "Specify single field to print" },
+    SINGLE_FIELD_OPTION,
   ],
   argsDoc: "",
   doc: "Show ScoutFS file system information",
@@ -41,7 +39,7 @@ export const STATFS_ARGP: ArgpSpec<StatfsArgs, "p" | "s"> = {
 const hex16 = (n: bigint): string => n.toString(16).padStart(16, "0");
 
 /** fs_fields[] in upstream's order. */
-export const STATFS_FIELDS: readonly [string, (s: StatfsMore) => string][] = [
+export const STATFS_FIELDS: FieldTable<StatfsMore> = [
   ["fsid", (s) => hex16(s.fsid)],
   ["rid", (s) => hex16(s.rid)],
   ["committed_seq", (s) => `${s.committedSeq}`],
@@ -49,38 +47,13 @@ export const STATFS_FIELDS: readonly [string, (s: StatfsMore) => string][] = [
   ["total_data_blocks", (s) => `${s.totalDataBlocks}`],
 ];
 
-async function doStatfs(a: StatfsArgs, deps: ControlDeps, io: CliIo): Promise<number> {
-  if (a.singleField !== null && !STATFS_FIELDS.some(([n]) => n === a.singleField)) {
-    io.err(`unknown field: '${a.singleField}'\n`);
-    return -Errno.EINVAL;
-  }
-  const t = await openMountPath(deps, a.path, io);
-  if (typeof t === "number") return t;
-  try {
-    const s = await t.call("statfsMore", {});
-    io.out(formatStatFields(STATFS_FIELDS, s, a.singleField));
-  } catch (e) {
-    if (!isFsError(e)) throw e;
-    io.err(errLine("ioctl failed", e));
-  } finally {
-    t.close();
-  }
-  return 0;
-}
+const STATFS_QUERY: FieldsQuery<"statfsMore"> = {
+  op: "statfsMore", args: () => ({}), fields: STATFS_FIELDS,
+};
 
 export function makeStatfsCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "statfs",
-    group: "info",
-    argsDoc: STATFS_ARGP.argsDoc,
-    summary: STATFS_ARGP.doc ?? "",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(STATFS_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      return doStatfs(r.input, deps, io);
-    },
-  };
+  return argpCommand({ name: "statfs", group: "info" }, STATFS_ARGP, (a, io) =>
+    printFields(STATFS_QUERY, a.singleField, () => openMountPath(deps, a.path, io), io));
 }
 
 export const statfsCommand: CliCommand = makeStatfsCommand(realControlDeps());

@@ -16,12 +16,13 @@
  * "invalid first position '<major>', try '1.2.3' or '-1'" (the argument was cut at its first
  * '.' by the parse), EINVAL. The index name is compared without case.
  */
-import { Errno, isFsError } from "../util/errno.js";
+import { Errno } from "../util/errno.js";
 import { WalkIndex, type WalkPos } from "../core/fs/ioctl.js";
-import { argpParse, type ArgpSpec } from "./argp.js";
+import type { ArgpSpec } from "./argp.js";
+import { argpCommand, request, withTarget } from "./cmd_common.js";
 import type { CliCommand, CliIo } from "./command.js";
 import {
-  type ControlDeps, type ControlTarget, errLine, openMountPath, PATH_OPTION, realControlDeps,
+  type ControlDeps, type ControlTarget, openMountPath, PATH_OPTION, realControlDeps,
 } from "./control.js";
 import { strtoull } from "./parse.js";
 
@@ -115,14 +116,9 @@ async function walk(t: ControlTarget, index: WalkIndex, first: WalkPos, last: Wa
   let total = 0n;
   let from = first;
   for (;;) {
-    let ents: WalkPos[];
-    try {
-      ents = await t.call("walkInodes", { index, first: from, last, max: WALK_BATCH });
-    } catch (e) {
-      if (!isFsError(e)) throw e;
-      io.err(errLine("walk_inodes ioctl failed", e));
-      return -e.errno;
-    }
+    const ents = await request(t, "walkInodes", { index, first: from, last, max: WALK_BATCH },
+      io, "walk_inodes ioctl failed");
+    if (typeof ents === "number") return ents;
     if (ents.length === 0) return 0;
     io.out(formatWalkRows(ents, total));
     total += BigInt(ents.length);
@@ -154,28 +150,14 @@ async function doWalk(a: WalkArgs, deps: ControlDeps, io: CliIo): Promise<number
   }
   const pos = parsePositions(a, io);
   if (pos === null) return -Errno.EINVAL;
-  const t = await openMountPath(deps, a.path, io);
-  if (typeof t === "number") return t;
-  try {
-    return await walk(t, index, pos.first, pos.last, io);
-  } finally {
-    t.close();
-  }
+  return withTarget(openMountPath(deps, a.path, io),
+    (t) => walk(t, index, pos.first, pos.last, io));
 }
 
 export function makeWalkInodesCommand(deps: ControlDeps): CliCommand {
-  return {
-    name: "walk-inodes",
-    group: "search",
-    argsDoc: WALK_INODES_ARGP.argsDoc,
-    summary: "Print range of indexed inodes",
-    async run(argv: readonly string[], io: CliIo): Promise<number> {
-      const r = argpParse(WALK_INODES_ARGP, argv, io);
-      if (r.kind === "exit") return r.code;
-      if (r.kind === "error") return -r.errno;
-      return doWalk(r.input, deps, io);
-    },
-  };
+  return argpCommand(
+    { name: "walk-inodes", group: "search", summary: "Print range of indexed inodes" },
+    WALK_INODES_ARGP, (a, io) => doWalk(a, deps, io));
 }
 
 export const walkInodesCommand: CliCommand = makeWalkInodesCommand(realControlDeps());

@@ -18,39 +18,27 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { NetAddr } from "../../src/env/env.js";
 import { btreeLookup } from "../../src/core/btree.js";
 import { decodeDelta, encodeDelta } from "../../src/core/btree_merge.js";
 import { BTREE_FREE_MIN_BLOCKS } from "../../src/core/btree_free.js";
-import { MountClient } from "../../src/core/client.js";
+import type { MountClient } from "../../src/core/client.js";
 import { listLogTrees } from "../../src/core/forest.js";
 import { LOG_TREES_FLAG_FINALIZED } from "../../src/core/format_log.js";
 import { fsckVolume } from "../../src/core/fsck.js";
 import { makeKey, Zone } from "../../src/core/key.js";
 import { LockMode } from "../../src/core/lock_msg.js";
 import { totlZoneRange } from "../../src/core/lock_names.js";
-import { makeVolume } from "../../src/core/mkfs.js";
-import { Server } from "../../src/core/server.js";
-import { Volume } from "../../src/core/volume.js";
-import { SimDisk } from "../../src/sim/disk.js";
-import { SimWorld } from "../../src/sim/env.js";
 import type { SimRandom } from "../../src/sim/random.js";
-import { Counters } from "../../src/util/counters.js";
-import { mkfsParams } from "../helpers/volume.js";
+import { type SimCluster, simMountClient, startSimCluster } from "../helpers/sim_fs.js";
+import { MiB } from "../helpers/volume.js";
 
-const MiB = 1024 * 1024;
-const FSID = 0x1234_5678_9abc_def0n;
-const PORT = 7000;
 const KEYS = 4;
 const EXTRA_SEEDS = Number(process.env.SCOUTFS_SIM_SEEDS ?? 0);
 
 const totlKey = (n: number): Buffer => makeKey(Zone.XATTR_TOTL, 7n, 0, 9n, BigInt(n));
 
-interface Cluster {
+interface Cluster extends SimCluster {
   seed: number;
-  world: SimWorld;
-  meta: SimDisk;
-  server: Server;
   mounts: MountClient[];
 }
 
@@ -119,30 +107,16 @@ const show = (v: Buffer | null): string => {
 };
 
 async function newCluster(seed: number): Promise<Cluster> {
-  const world = new SimWorld({ seed, faults: { delayMinMs: 0.1, delayMaxMs: 2 } });
-  const meta = new SimDisk("meta", 256 * MiB);
-  const data = new SimDisk("data", 256 * MiB);
-  await makeVolume(mkfsParams(meta, data, { fsid: FSID }));
-  const node = world.addNode("server");
-  const server = await world.settle((async () => {
-    const vol = await Volume.open(node.device(meta));
-    return new Server(node.env, vol, new Counters(), { fsid: FSID, fmtVers: 2, term: 1,
-      clientMetaAvailTarget: 256, clientDataAvailTarget: 4096 });
-  })());
-  server.merger.freeBlocksPerCommit = BTREE_FREE_MIN_BLOCKS;
-  let addr: NetAddr = { addr: "", port: 0 };
-  addr = await world.settle(server.start({ addr: node.addr, port: PORT }));
-  const mounts = [0, 1, 2].map((i) => {
-    const n = world.addNode(`m${i}`);
-    return new MountClient(n.env, n.device(meta), new Counters(), {
-      fsid: FSID, fmtVers: 2, rid: BigInt(0xe0 + i), quorum: false, totalMetaBlocks: 4096,
-      getServerAddr: () => Promise.resolve(addr),
-      // no timer commits: the model knows what is committed (locks and syncs still commit)
-      commitDelayMs: 3_600_000,
-    });
-  });
-  await world.settle(Promise.all(mounts.map((m) => m.mount())));
-  return { seed, world, meta, server, mounts };
+  const c = await startSimCluster(seed, { faults: { delayMinMs: 0.1, delayMaxMs: 2 },
+    metaBytes: 256 * MiB,
+    beforeStart: (server) => { server.merger.freeBlocksPerCommit = BTREE_FREE_MIN_BLOCKS; } });
+  const mounts = [0, 1, 2].map((i) => simMountClient(c, c.world.addNode(`m${i}`), {
+    rid: BigInt(0xe0 + i),
+    // no timer commits: the model knows what is committed (locks and syncs still commit)
+    commitDelayMs: 3_600_000,
+  }));
+  await c.world.settle(Promise.all(mounts.map((m) => m.mount())));
+  return { ...c, seed, mounts };
 }
 
 /** Mount m adds a few random deltas under a WRITE_ONLY lock; maybe one during its commit. */

@@ -17,14 +17,11 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { BlockDevice, Env, NetAddr } from "../../src/env/env.js";
-import { MountClient } from "../../src/core/client.js";
+import type { BlockDevice, Env } from "../../src/env/env.js";
+import type { MountClient } from "../../src/core/client.js";
 import { INODE_FLAG_TRUNCATE } from "../../src/core/format.js";
 import { fsckVolume } from "../../src/core/fsck.js";
 import { FsType, keyInc, makeKey, U64_MAX, Zone } from "../../src/core/key.js";
-import { makeVolume } from "../../src/core/mkfs.js";
-import { Server } from "../../src/core/server.js";
-import { Volume } from "../../src/core/volume.js";
 import {
   FALLOC_FL_KEEP_SIZE, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN, type FiemapExtent,
   TRUNCATE_BATCH_EXTENTS,
@@ -32,18 +29,15 @@ import {
 import { type Cred, ScoutFs, type ScoutFsOptions } from "../../src/core/fs/fs.js";
 import { ROOT_CRED } from "../../src/core/fs/perm.js";
 import { CRASH_MODES, SimDisk } from "../../src/sim/disk.js";
-import { SimWorld, type SimNode } from "../../src/sim/env.js";
+import type { SimNode } from "../../src/sim/env.js";
 import { SimRandom } from "../../src/sim/random.js";
-import { Counters } from "../../src/util/counters.js";
-import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
+import { isFsError } from "../../src/util/errno.js";
 import { dataAccounting } from "../helpers/data_accounting.js";
-import { mkfsParams } from "../helpers/volume.js";
+import { fails, type SimCluster, simMountClient, startSimCluster } from "../helpers/sim_fs.js";
+import { MiB } from "../helpers/volume.js";
 
-const MiB = 1024 * 1024;
 const KiB = 1024;
 const BS = 4096;
-const FSID = 0x1234_5678_9abc_def0n;
-const PORT = 7000;
 const ROOT = 1n;
 const root = ROOT_CRED;
 const alice: Cred = { uid: 1000, gid: 1000, groups: [] };
@@ -55,15 +49,8 @@ interface Mount {
   fs: ScoutFs;
 }
 
-interface Rig {
-  world: SimWorld;
-  meta: SimDisk;
-  data: SimDisk;
-  serverNode: SimNode;
-  server: Server;
-  addr: NetAddr;
+interface Rig extends SimCluster {
   nextRid: bigint;
-  dataTarget: number;
 }
 
 interface RigOptions {
@@ -75,33 +62,28 @@ interface RigOptions {
 }
 
 async function newRig(seed: number, o: RigOptions = {}): Promise<Rig> {
-  const world = new SimWorld({ seed, faults: { delayMinMs: 0.05, delayMaxMs: 0.5 } });
-  const meta = o.disks?.meta ?? new SimDisk("meta", 128 * MiB);
-  const data = o.disks?.data ?? new SimDisk("data", o.dataBytes ?? 256 * MiB);
-  if (!o.disks) await makeVolume(mkfsParams(meta, data, { fsid: FSID }));
-  const serverNode = world.addNode("server");
-  const dataTarget = o.dataTarget ?? 4096;
-  const started = await world.settle((async () => {
-    const vol = await Volume.open(serverNode.device(meta));
-    // mounts that crashed on these disks are fenced (their nodes are gone) and reclaimed
-    const server = new Server(serverNode.env, vol, new Counters(), { fsid: FSID, fmtVers: 2,
-      term: 1, clientMetaAvailTarget: 256, clientDataAvailTarget: dataTarget,
-      fenceClient: () => Promise.resolve(), recoveryTimeoutMs: 2000 });
-    return { server, addr: await server.start({ addr: serverNode.addr, port: PORT }) };
-  })());
+  // mounts that crashed on these disks are fenced (their nodes are gone) and reclaimed
+  const c = await startSimCluster(seed, { dataBytes: o.dataBytes, disks: o.disks,
+    server: { clientDataAvailTarget: o.dataTarget ?? 4096,
+      fenceClient: () => Promise.resolve(), recoveryTimeoutMs: 2000 } });
   // a restarted mount is a new mount: never the rid of one that ran on these disks before
-  return { world, meta, data, serverNode, ...started, nextRid: o.disks ? 0xc0n : 0xa0n, dataTarget };
+  return { ...c, nextRid: o.disks ? 0xc0n : 0xa0n };
 }
 
 async function mountOn(r: Rig, fsOpts: ScoutFsOptions = {}): Promise<Mount> {
   const rid = r.nextRid++;
   const node = r.world.addNode(`m${rid.toString(16)}`);
-  const client = new MountClient(node.env, node.device(r.meta), new Counters(), {
-    fsid: FSID, fmtVers: 2, rid, quorum: false, totalMetaBlocks: r.meta.sizeBytes / 65536,
-    getServerAddr: () => Promise.resolve(r.addr), data: node.device(r.data),
-  });
+  const client = simMountClient(r, node, { rid, data: node.device(r.data) });
   await r.world.settle(client.mount());
   return { node, client, fs: new ScoutFs(client, fsOpts) };
+}
+
+/** Most tests' start: a fresh rig, one mount on it, and s() settling a promise in its world. */
+async function oneMount(seed: number, o: RigOptions = {}):
+  Promise<{ r: Rig; m: Mount; fs: ScoutFs; s: <T>(p: Promise<T>) => Promise<T> }> {
+  const r = await newRig(seed, o);
+  const m = await mountOn(r);
+  return { r, m, fs: m.fs, s: (p) => r.world.settle(p) };
 }
 
 /** Unmounts every mount given and stops the server: the disks hold a clean volume. */
@@ -110,14 +92,10 @@ async function shutdown(r: Rig, mounts: Mount[]): Promise<void> {
   await r.world.settle(r.server.stop());
 }
 
-async function fails(r: Rig, p: Promise<unknown>, code: ErrnoCode, what: string): Promise<void> {
-  try {
-    await r.world.settle(p);
-  } catch (e) {
-    if (isFsError(e, code)) return;
-    throw e;
-  }
-  assert.fail(`${what}: expected ${code}`);
+/** shutdown(), then the volume left on the rig's disks must pass fsck and data accounting. */
+async function shutdownAndCheck(r: Rig, mounts: Mount[], what = "after unmount"): Promise<void> {
+  await shutdown(r, mounts);
+  await checkVolume(r.meta, r.data, what);
 }
 
 /** A deterministic pattern: byte i of file `tag` at offset `off`. */
@@ -153,10 +131,7 @@ const sumBlocks = (fm: FiemapExtent[], unwritten: boolean): bigint =>
 
 test("write and read: holes, unaligned edges, EOF, attributes, one device write per run",
   async () => {
-    const r = await newRig(1);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(1);
     const f = await s(fs.create(ROOT, B("f"), 0o644, root));
     assert.equal(await s(fs.write(f.ino, 0n, B("helloworld"), root)), 10);
     let a = await s(fs.getattr(f.ino));
@@ -203,16 +178,12 @@ test("write and read: holes, unaligned edges, EOF, attributes, one device write 
     await s(fs.write(g.ino, hi, B("far away"), root));
     assert.ok((await s(fs.read(g.ino, hi - 2n, 12))).equals(Buffer.concat([Buffer.alloc(2),
       B("far away")])));
-    await shutdown(r, [m]);
-    await checkVolume(r.meta, r.data, "after unmount");
+    await shutdownAndCheck(r, [m]);
   });
 
 test("attributes: mtime/ctime, data_seq and data_version on writes; set-id bits dropped",
   async () => {
-    const r = await newRig(2);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(2);
     const f0 = await s(fs.create(ROOT, B("f"), 0o644, root));
     const f = await s(fs.setattr(f0.ino, { uid: alice.uid, gid: alice.gid }, root));
     await s(m.client.commit());
@@ -241,10 +212,7 @@ test("attributes: mtime/ctime, data_seq and data_version on writes; set-id bits 
 
 test("streaming appends preallocate with a ramp; regions without contig_only; options",
   async () => {
-    const r = await newRig(3);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(3);
     const f = await s(fs.create(ROOT, B("log"), 0o644, root));
     for (let i = 0; i < 20; i++) await s(fs.write(f.ino, BigInt(i * BS), pattern(3, i * BS, BS), root));
     let a = await s(fs.getattr(f.ino));
@@ -286,16 +254,12 @@ test("streaming appends preallocate with a ramp; regions without contig_only; op
     a = await s(fs.getattr(f.ino));
     assert.equal(a.onlineBlocks, 0n);
     assert.deepEqual(await s(fs.fiemap(f.ino)), []);
-    await shutdown(r, [m]);
-    await checkVolume(r.meta, r.data, "after unmount");
+    await shutdownAndCheck(r, [m]);
   });
 
 test("fallocate: unwritten extents read as zeros, KEEP_SIZE, sizes, conversion, errors",
   async () => {
-    const r = await newRig(4);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(4);
     const f = await s(fs.create(ROOT, B("f"), 0o644, root));
     await s(fs.fallocate(f.ino, 0, 0n, BigInt(MiB), root));
     let a = await s(fs.getattr(f.ino));
@@ -336,16 +300,12 @@ test("fallocate: unwritten extents read as zeros, KEEP_SIZE, sizes, conversion, 
     await fails(r, fs.fallocate(f.ino, 0, -1n, 10n, root), "EINVAL", "negative offset");
     const d = await s(fs.mkdir(ROOT, B("d"), 0o755, root));
     await fails(r, fs.fallocate(d.ino, 0, 0n, 10n, root), "EISDIR", "a directory");
-    await shutdown(r, [m]);
-    await checkVolume(r.meta, r.data, "after unmount");
+    await shutdownAndCheck(r, [m]);
   });
 
 test("truncate: shrinking frees and zeroes the tail, growing makes a hole, batched frees",
   async () => {
-    const r = await newRig(5);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(5);
     const f = await s(fs.create(ROOT, B("f"), 0o644, root));
     await s(fs.write(f.ino, 0n, pattern(5, 0, 64 * KiB), root));
     const before = await s(fs.getattr(f.ino));
@@ -426,10 +386,7 @@ async function checkLayout(r: Rig, fs: ScoutFs, ino: bigint, sh: Shadow, what: s
 }
 
 async function randomWorkload(seed: number): Promise<void> {
-  const r = await newRig(seed, { dataTarget: 2048 });
-  const m = await mountOn(r);
-  const fs = m.fs;
-  const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+  const { r, m, fs, s } = await oneMount(seed, { dataTarget: 2048 });
   const rnd = new SimRandom(seed);
   let f = await s(fs.create(ROOT, B("f"), 0o644, root));
   let sh = new Shadow();
@@ -501,15 +458,13 @@ async function randomWorkload(seed: number): Promise<void> {
   await checkLayout(r, fs, f.ino, sh, `seed ${seed} end`);
   assert.ok((await s(fs.read(f.ino, 0n, sh.size + 1))).equals(sh.buf), `seed ${seed}: contents`);
   assert.ok(used.size >= 8, `operations exercised: ${[...used].join(", ")}`);
-  await shutdown(r, [m]);
-  await checkVolume(r.meta, r.data, `seed ${seed} after unmount`);
+  await shutdownAndCheck(r, [m], `seed ${seed} after unmount`);
   // a new mount (new server process) reads the same file back
   const r2 = await newRig(seed + 1000, { disks: { meta: r.meta, data: r.data } });
   const m2 = await mountOn(r2);
   const got = await r2.world.settle(m2.fs.read(f.ino, 0n, sh.size + 1));
   assert.ok(got.equals(sh.buf), `seed ${seed}: contents after remount`);
-  await shutdown(r2, [m2]);
-  await checkVolume(r.meta, r.data, `seed ${seed} after remount`);
+  await shutdownAndCheck(r2, [m2], `seed ${seed} after remount`);
 }
 
 // seed 2011 found that a removal merged with a right neighbour sitting at blkno == length
@@ -524,10 +479,7 @@ test("random reads, writes, truncates and fallocates match a shadow copy; remoun
 
 test("a crash loses uncommitted data cleanly and keeps committed data, in every crash mode",
   async () => {
-    const r = await newRig(6);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(6);
     const f1 = await s(fs.create(ROOT, B("f1"), 0o644, root));
     const one = pattern(6, 0, MiB + 123);
     await s(fs.write(f1.ino, 0n, one, root));
@@ -551,26 +503,20 @@ test("a crash loses uncommitted data cleanly and keeps committed data, in every 
 async function checkCrashImage(disks: { meta: SimDisk; data: SimDisk }, ino: bigint, want: Buffer,
   what: string): Promise<void> {
   await checkVolume(disks.meta, disks.data, `${what}: crash image`);
-  const r = await newRig(60, { disks });
-  const m = await mountOn(r);
-  const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+  const { r, m, s } = await oneMount(60, { disks });
   const a = await s(m.fs.getattr(ino));
   assert.equal(a.size, BigInt(want.length), `${what}: committed size`);
   assert.ok((await s(m.fs.read(ino, 0n, want.length + 10))).equals(want), `${what}: data`);
   await fails(r, m.fs.lookup(ROOT, B("f2"), root), "ENOENT", `${what}: uncommitted file`);
   // the volume works on: write, commit, and it is consistent
   await s(m.fs.write(ino, 0n, B("after"), root));
-  await shutdown(r, [m]);
-  await checkVolume(disks.meta, disks.data, `${what}: after recovery`);
+  await shutdownAndCheck(r, [m], `${what}: after recovery`);
 }
 
 test("space: pressure commits refill the allocator; a full device gives ENOSPC; frees return",
   async () => {
     // 16 MiB of data blocks, a mount refilled 1 MiB at a time
-    const r = await newRig(7, { dataBytes: 16 * MiB, dataTarget: 256 });
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(7, { dataBytes: 16 * MiB, dataTarget: 256 });
     const f = await s(fs.create(ROOT, B("big"), 0o644, root));
     for (let i = 0; i < 8; i++) {
       assert.equal(await s(fs.write(f.ino, BigInt(i * MiB), pattern(9, i * MiB, MiB), root)), MiB);
@@ -602,16 +548,12 @@ test("space: pressure commits refill the allocator; a full device gives ENOSPC; 
     await s(m.client.commit());
     const g = await s(fs.create(ROOT, B("again"), 0o644, root));
     assert.equal(await s(fs.write(g.ino, 0n, pattern(10, 0, 4 * MiB), root)), 4 * MiB);
-    await shutdown(r, [m]);
-    await checkVolume(r.meta, r.data, "after unmount");
+    await shutdownAndCheck(r, [m]);
   });
 
 test("a failed commit keeps its allocations: they are replayed on the reopened transaction",
   async () => {
-    const r = await newRig(9);
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(9);
     const f = await s(fs.create(ROOT, B("f"), 0o644, root));
     await s(fs.write(f.ino, 0n, pattern(30, 0, 600 * KiB), root));
     await s(fs.setattr(f.ino, { size: BigInt(100 * KiB) }, root)); // frees too
@@ -627,16 +569,12 @@ test("a failed commit keeps its allocations: they are replayed on the reopened t
     await s(m.client.commit());
     assert.ok((await s(fs.read(f.ino, 0n, MiB))).equals(pattern(30, 0, 100 * KiB)));
     assert.ok((await s(fs.read(g.ino, 0n, MiB))).equals(pattern(31, 0, 600 * KiB)));
-    await shutdown(r, [m]);
-    await checkVolume(r.meta, r.data, "after unmount");
+    await shutdownAndCheck(r, [m]);
   });
 
 test("commits racing concurrent writers, truncates and readers keep every block accounted",
   async () => {
-    const r = await newRig(10, { dataTarget: 512 });
-    const m = await mountOn(r);
-    const fs = m.fs;
-    const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
+    const { r, m, fs, s } = await oneMount(10, { dataTarget: 512 });
     const files = await s(Promise.all([0, 1, 2, 3].map((i) =>
       fs.create(ROOT, B(`c${i}`), 0o644, root))));
     const shadows = files.map(() => new Shadow());
@@ -666,8 +604,7 @@ test("commits racing concurrent writers, truncates and readers keep every block 
     };
     await s(Promise.all([...files.map((_, i) => worker(i)), committer()]));
     assert.ok(m.client.counters.get("trans_commit") >= 20);
-    await shutdown(r, [m]);
-    await checkVolume(r.meta, r.data, "after unmount");
+    await shutdownAndCheck(r, [m]);
   });
 
 test("local readers racing an appender of the same file see a consistent prefix", async () => {
@@ -698,8 +635,7 @@ test("local readers racing an appender of the same file see a consistent prefix"
   };
   await r.world.settle(Promise.all([appender(), reader(), reader()]));
   assert.ok(reads > 50);
-  await shutdown(r, [m]);
-  await checkVolume(r.meta, r.data, "after unmount");
+  await shutdownAndCheck(r, [m]);
 });
 
 /** A device whose reads take `delayMs` of simulated time (a slow disk). */
@@ -723,11 +659,8 @@ test("a commit waits for reads that started before it (their blocks may be freed
   async () => {
     const r = await newRig(12);
     const node = r.world.addNode("slow");
-    const client = new MountClient(node.env, node.device(r.meta), new Counters(), {
-      fsid: FSID, fmtVers: 2, rid: 0xe0n, quorum: false, totalMetaBlocks: r.meta.sizeBytes / 65536,
-      getServerAddr: () => Promise.resolve(r.addr),
-      data: new SlowReads(node.device(r.data), node.env, 50),
-    });
+    const client = simMountClient(r, node,
+      { rid: 0xe0n, data: new SlowReads(node.device(r.data), node.env, 50) });
     await r.world.settle(client.mount());
     const fs = new ScoutFs(client);
     const s = <T>(p: Promise<T>): Promise<T> => r.world.settle(p);
@@ -792,6 +725,5 @@ test("two mounts read each other's writes under locks", async () => {
     const other = i % 2 === 0 ? m1 : m0;
     assert.ok((await s(other.fs.read(c.ino, 0n, MiB))).equals(pattern(20 + i, 0, 300 * KiB)));
   }
-  await shutdown(r, [m0, m1]);
-  await checkVolume(r.meta, r.data, "after unmount");
+  await shutdownAndCheck(r, [m0, m1]);
 });

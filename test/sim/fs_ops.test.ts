@@ -14,10 +14,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { MountClient } from "../../src/core/client.js";
-import { makeVolume } from "../../src/core/mkfs.js";
-import { Server } from "../../src/core/server.js";
-import { Volume } from "../../src/core/volume.js";
+import type { MountClient } from "../../src/core/client.js";
 import {
   FsType, InodeIndexType, keyFields, makeKey, orphanKey, U64_MAX, Zone,
 } from "../../src/core/key.js";
@@ -26,16 +23,11 @@ import { RENAME_EXCHANGE, RENAME_NOREPLACE } from "../../src/core/fs/rename.js";
 import { XATTR_CREATE, XATTR_REPLACE } from "../../src/core/fs/xattr.js";
 import { ROOT_CRED } from "../../src/core/fs/perm.js";
 import { S_IFCHR, S_IFMT, S_ISGID, S_ISVTX } from "../../src/core/fs/format.js";
-import { SimDisk } from "../../src/sim/disk.js";
-import { SimWorld } from "../../src/sim/env.js";
-import { Counters } from "../../src/util/counters.js";
-import { type ErrnoCode, isFsError } from "../../src/util/errno.js";
-import { mkfsParams } from "../helpers/volume.js";
+import type { SimWorld } from "../../src/sim/env.js";
+import { isFsError } from "../../src/util/errno.js";
 import { makeAssertProperty } from "../helpers/property.js";
+import { fails, SIM_LIGHT_DELAYS, simMountClient, startSimCluster } from "../helpers/sim_fs.js";
 
-const MiB = 1024 * 1024;
-const FSID = 0x1234_5678_9abc_def0n;
-const PORT = 7000;
 const ROOT = 1n;
 const root = ROOT_CRED;
 const alice: Cred = { uid: 1000, gid: 1000, groups: [] };
@@ -49,39 +41,13 @@ interface Rig {
 }
 
 async function newRig(seed: number, mounts = 1, linkMax = 64, faulty = false): Promise<Rig> {
-  const world = new SimWorld({ seed, faults: faulty
+  const c = await startSimCluster(seed, { faults: faulty
     ? { delayMinMs: 0.1, delayMaxMs: 2, streamSplitProbability: 0.3, streamCutProbability: 0.002 }
-    : { delayMinMs: 0.05, delayMaxMs: 0.5 } });
-  const meta = new SimDisk("meta", 128 * MiB);
-  const data = new SimDisk("data", 256 * MiB);
-  await makeVolume(mkfsParams(meta, data, { fsid: FSID }));
-  const sn = world.addNode("server");
-  const addr = await world.settle((async () => {
-    const vol = await Volume.open(sn.device(meta));
-    const server = new Server(sn.env, vol, new Counters(), { fsid: FSID, fmtVers: 2, term: 1,
-      clientMetaAvailTarget: 256, clientDataAvailTarget: 4096 });
-    return server.start({ addr: sn.addr, port: PORT });
-  })());
-  const clients: MountClient[] = [];
-  for (let i = 0; i < mounts; i++) {
-    const node = world.addNode(`m${i}`);
-    clients.push(new MountClient(node.env, node.device(meta), new Counters(), {
-      fsid: FSID, fmtVers: 2, rid: BigInt(0xa0 + i), quorum: false, totalMetaBlocks: 2048,
-      getServerAddr: () => Promise.resolve(addr),
-    }));
-  }
-  await world.settle(Promise.all(clients.map((c) => c.mount())));
-  return { world, clients, fss: clients.map((c) => new ScoutFs(c, { linkMax })) };
-}
-
-async function fails(r: Rig, p: Promise<unknown>, code: ErrnoCode, what: string): Promise<void> {
-  try {
-    await r.world.settle(p);
-  } catch (e) {
-    if (isFsError(e, code)) return;
-    throw e;
-  }
-  assert.fail(`${what}: expected ${code}`);
+    : SIM_LIGHT_DELAYS });
+  const clients = Array.from({ length: mounts },
+    (_, i) => simMountClient(c, c.world.addNode(`m${i}`), { rid: BigInt(0xa0 + i) }));
+  await c.world.settle(Promise.all(clients.map((m) => m.mount())));
+  return { world: c.world, clients, fss: clients.map((m) => new ScoutFs(m, { linkMax })) };
 }
 
 type Entry = [string, bigint, bigint]; // name, ino, d_off

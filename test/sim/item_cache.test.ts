@@ -18,25 +18,16 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { NetAddr } from "../../src/env/env.js";
-import { MountClient } from "../../src/core/client.js";
+import type { MountClient } from "../../src/core/client.js";
 import { fsckVolume } from "../../src/core/fsck.js";
 import { compareKeys, formatKey, keyInc, makeKey, Zone } from "../../src/core/key.js";
 import type { HeldLock } from "../../src/core/lock.js";
 import { LockMode } from "../../src/core/lock_msg.js";
 import { inodeGroupRange, type LockRange } from "../../src/core/lock_names.js";
-import { makeVolume } from "../../src/core/mkfs.js";
-import { Server } from "../../src/core/server.js";
-import { Volume } from "../../src/core/volume.js";
-import { SimDisk } from "../../src/sim/disk.js";
-import { SimWorld, type SimNode } from "../../src/sim/env.js";
 import type { SimRandom } from "../../src/sim/random.js";
-import { Counters } from "../../src/util/counters.js";
-import { mkfsParams } from "../helpers/volume.js";
-
-const MiB = 1024 * 1024;
-const FSID = 0x1234_5678_9abc_def0n;
-const PORT = 7000;
+import type { Counters } from "../../src/util/counters.js";
+import { type SimCluster, simMountClient, startSimCluster } from "../helpers/sim_fs.js";
+import { MiB } from "../helpers/volume.js";
 
 interface Group {
   ino: bigint;
@@ -105,37 +96,21 @@ class Model {
 // ---------------------------------------------------------------------------------------
 // The cluster.
 
-interface Cluster {
-  world: SimWorld;
-  meta: SimDisk;
-  data: SimDisk;
-  serverNode: SimNode;
-  server: Server;
-  addr: NetAddr;
+interface Cluster extends SimCluster {
   mounts: MountClient[];
   /** Grants out of NULL that found cached items of their range. */
   staleAtGrant: string[];
 }
 
 async function newCluster(seed: number): Promise<Cluster> {
-  const world = new SimWorld({ seed, faults: { delayMinMs: 0.1, delayMaxMs: 2,
-    streamSplitProbability: 0.2, streamCutProbability: 0.001 } });
-  const meta = new SimDisk("meta", 256 * MiB);
-  const data = new SimDisk("data", 1024 * MiB);
-  await makeVolume(mkfsParams(meta, data, { fsid: FSID }));
-  const serverNode = world.addNode("server");
-  const server = await world.settle((async () => {
-    const vol = await Volume.open(serverNode.device(meta));
-    return new Server(serverNode.env, vol, new Counters(), { fsid: FSID, fmtVers: 2, term: 1,
-      clientMetaAvailTarget: 256, clientDataAvailTarget: 4096 });
-  })());
-  const addr = await world.settle(server.start({ addr: serverNode.addr, port: PORT }));
-  const c: Cluster = { world, meta, data, serverNode, server, addr, mounts: [], staleAtGrant: [] };
+  const c: Cluster = { ...await startSimCluster(seed, {
+    faults: { delayMinMs: 0.1, delayMaxMs: 2, streamSplitProbability: 0.2,
+      streamCutProbability: 0.001 },
+    metaBytes: 256 * MiB, dataBytes: 1024 * MiB,
+  }), mounts: [], staleAtGrant: [] };
   for (let i = 0; i < 3; i++) {
-    const node = world.addNode(`m${i + 1}`);
-    const m: MountClient = new MountClient(node.env, node.device(meta), new Counters(), {
-      fsid: FSID, fmtVers: 2, rid: BigInt(0xc0 + i), quorum: false, totalMetaBlocks: 4096,
-      getServerAddr: () => Promise.resolve(c.addr),
+    const m: MountClient = simMountClient(c, c.world.addNode(`m${i + 1}`), {
+      rid: BigInt(0xc0 + i),
       // the third mount's cache holds a few dozen items: it evicts all the time
       itemCacheBytes: i === 2 ? 6000 : undefined,
       onLockModeChange: (ch) => {
@@ -148,7 +123,7 @@ async function newCluster(seed: number): Promise<Cluster> {
     });
     c.mounts.push(m);
   }
-  await world.settle(Promise.all(c.mounts.map((m) => m.mount())));
+  await c.world.settle(Promise.all(c.mounts.map((m) => m.mount())));
   return c;
 }
 
