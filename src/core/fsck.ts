@@ -14,8 +14,11 @@
  *     are fully merged, its total_len is their sum;
  *   - every metadata block in [META_DEV_START_BLKNO, total_meta_blocks) is referenced exactly
  *     once or free exactly once (in an alloc list or a meta free extent);
- *   - no data block is both free and used by a file extent, nor used twice, and every data
- *     blkno lies in [DATA_DEV_START_BLKNO, total_data_blocks);
+ *   - every data block in [DATA_DEV_START_BLKNO, total_data_blocks) is owned exactly once:
+ *     free in one data allocator or mapped by one current file extent. Extents are read
+ *     through the forest (fs_root plus every log tree, newest version per key, deletions
+ *     hiding older versions: fsck_data.ts), so extents not merged yet count and extents a
+ *     log tree deleted or truncated do not; unowned blocks are leaks, others double use;
  *   - the root inode exists and inode items decode.
  */
 import type { BlockDevice } from "../env/env.js";
@@ -27,7 +30,7 @@ import { btreeLookup, btreeWalkBlocks } from "./btree.js";
 import { blockLevel, cmpKeyAt, itemAt, keyAt, nrItems } from "./btree_block.js";
 import {
   type AllocListHead, type AllocRoot, type BtreeRoot, DATA_DEV_START_BLKNO, decodeDataExtent,
-  decodeInode, decodeQuorumBlock, EXTENT_FLAG_OFFLINE, Magic, META_DEV_START_BLKNO,
+  decodeInode, decodeQuorumBlock, Magic, META_DEV_START_BLKNO,
   QUORUM_BLKNO, QUORUM_BLOCK_SIZE, QUORUM_MAX_SLOTS, type SuperBlock,
 } from "./format.js";
 import {
@@ -36,6 +39,7 @@ import {
 } from "./key.js";
 import { ROOT_INO } from "./mkfs.js";
 import { checkDataDevice, readSuperFrom } from "./volume.js";
+import { forestDataExtents } from "./fsck_data.js";
 import {
   decodeLogMergeFreeing, decodeLogMergeRequest, decodeLogTrees, type LogTrees,
 } from "./format_log.js";
@@ -214,18 +218,13 @@ function checkCoverage(c: Checker, what: string, ivs: Interval[], lo: number, hi
   if (pos < hi && requireFull) c.problem(`${what}s ${pos}..${hi - 1} are neither referenced nor free (leaked)`);
 }
 
+/** fs_root items decode (the blocks extents own are counted from the forest, below). */
 function fsItem(c: Checker, key: Buffer, val: Buffer): void {
   if (keyZone(key) !== Zone.FS) return;
   const ino = keyFirst(key);
   try {
     if (keyType(key) === FsType.INODE) decodeInode(val, c.sb.fmtVers);
-    if (keyType(key) === FsType.DATA_EXTENT) {
-      const v = decodeDataExtent(val);
-      const len = Number(keyThird(key));
-      if ((v.flags & EXTENT_FLAG_OFFLINE) === 0) {
-        c.data.push({ start: v.blkno, len, owner: `inode ${ino} extent` });
-      }
-    }
+    if (keyType(key) === FsType.DATA_EXTENT) decodeDataExtent(val);
   } catch (e) {
     if (!isFsError(e)) throw e;
     c.problem(`fs_root item of inode ${ino} type ${keyType(key)}: ${e.message}`);
@@ -311,6 +310,10 @@ export async function fsckVolume(meta: BlockDevice, data: BlockDevice | null):
     if (!(await btreeLookup(cache, sb.fsRoot, inodeKey(ROOT_INO)))) c.problem("root inode missing");
   });
   await checkLogTrees(c, sb.logsRoot);
+  await c.guard("file extents", async () => {
+    c.data.push(...await forestDataExtents(cache, { fsRoot: sb.fsRoot, logsRoot: sb.logsRoot },
+      (msg) => c.problem(msg)));
+  });
   await checkLogMerge(c, sb.logMerge);
   for (const [name, root] of [
     ["mounted_clients", sb.mountedClients], ["srch_root", sb.srchRoot]] as const) {
@@ -325,9 +328,9 @@ export async function fsckVolume(meta: BlockDevice, data: BlockDevice | null):
   }
   c.data.push(...await checkExtents(c, "data_alloc", sb.dataAlloc));
   checkCoverage(c, "metadata block", c.meta, META_DEV_START_BLKNO, sb.totalMetaBlocks, true);
-  // data blocks in use are owned by file extents in fs_root (and, with mounts, by log trees'
-  // data allocators): overlaps are always wrong, gaps only once every owner is walked
-  checkCoverage(c, "data block", c.data, DATA_DEV_START_BLKNO, sb.totalDataBlocks, false);
+  // every owner of data blocks is walked: current file extents of the forest, data_alloc and
+  // each log tree's data_avail and data_freed; a gap is a leak, an overlap double use
+  checkCoverage(c, "data block", c.data, DATA_DEV_START_BLKNO, sb.totalDataBlocks, true);
   return { problems: c.problems, metaBlocksReferenced: c.referenced, metaBlocksFree: c.free,
     items: c.items, btreeBlocks: c.btreeBlocks };
 }

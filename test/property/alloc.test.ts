@@ -644,6 +644,20 @@ interface ChurnState {
   data: Extent[];
 }
 
+/**
+ * fsck counts data blocks exactly: the extents this churn took from data_alloc belong to no
+ * file, so fsck names them as leaked. Such a report is expected when every block it names
+ * is one the model holds.
+ */
+function heldDataLeak(problem: string, held: Extent[]): boolean {
+  const m = /^data blocks (\d+)\.\.(\d+) are neither referenced nor free \(leaked\)$/.exec(problem);
+  if (m === null) return false;
+  for (let b = Number(m[1]); b <= Number(m[2]); b++) {
+    if (!held.some((e) => b >= e.start && b < e.start + e.len)) return false;
+  }
+  return true;
+}
+
 function cloneState(s: ChurnState): ChurnState {
   return { keys: new Map([...s.keys].map(([k, v]) => [k, [...v]])), data: s.data.map((e) => ({ ...e })) };
 }
@@ -748,7 +762,8 @@ async function mstep(h: MetaHarness, op: MOp): Promise<void> {
       if (h.commits % 15 === 0) {
         const r = await fsckVolume(h.disks.meta, h.disks.data);
         h.fscks++;
-        assert.deepEqual(r.problems, [], "fsck finds no problem");
+        assert.deepEqual(r.problems.filter((p) => !heldDataLeak(p, s.data)), [],
+          "fsck finds no problem");
       }
       break;
     case "abandon":
@@ -788,7 +803,8 @@ test("metadata blocks: referenced + listed + free = the whole device, once each"
         }
       }
       const r = await fsckVolume(disks.meta, disks.data);
-      assert.deepEqual(r.problems, [], "fsck finds no problem at the end");
+      assert.deepEqual(r.problems.filter((p) => !heldDataLeak(p, h.committed.data)), [],
+        "fsck finds no problem at the end");
       const last = await accountMeta(disks.meta);
       stats = `last run: ${h.commits} commits, min meta_alloc[0] ${h.minMetaAlloc0}, final ${JSON.stringify(last)}`;
       minMetaAlloc0 = Math.min(minMetaAlloc0, h.minMetaAlloc0);

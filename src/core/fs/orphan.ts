@@ -100,7 +100,11 @@ export class InodeRefs {
     if (!this.refs.has(ino)) await this.deleteInode(ino);
   }
 
-  /** Deletes every orphaned inode this mount does not hold (after a crash, or a lost race). */
+  /**
+   * Deletes every orphaned inode no mount holds, its orphan items read through the forest
+   * (this mount's uncommitted ones included), not only the merged fs_root the background
+   * scanner reads (orphan_scan.ts): for tests and tools, after a crash or a lost race.
+   */
   async scanOrphans(): Promise<number> {
     const c = this.runner.client;
     let n = 0;
