@@ -8,14 +8,15 @@
  * serving, failure prints the daemon's reason (upstream's kernel message text) and exits 32
  * like mount(8) for a mount failure. While the daemon waits for a quorum leader the helper
  * prints its progress lines on stderr every PROGRESS_EVERY_MS, so a mount that cannot reach
- * quorum says why instead of hanging silently. With -f (foreground, `scoutfs mount -f`) the
- * daemon runs in this process's place and logs to stderr.
+ * quorum says why instead of hanging silently. `scoutfs mount -f` runs the daemon in the
+ * foreground, logging to stderr; mount(8)'s own -f ("fake") only checks the options.
  */
 
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import { DAEMON_MARK } from "./fence_local.js";
+import { MountOptionError, parseMountOptions } from "../core/options.js";
 
 export const LOG_DIR = "/var/log/scoutfs";
 export const LOG_FILE = `${LOG_DIR}/scoutfs.log`;
@@ -32,6 +33,8 @@ export interface MountRequest {
   options: string;
   foreground: boolean;
   verbose: boolean;
+  /** mount -f: do everything but the mount itself (only the options are checked). */
+  fake?: boolean;
 }
 
 const daemonMain = fileURLToPath(new URL("./daemon_main.js", import.meta.url));
@@ -106,7 +109,7 @@ export function parseHelperArgs(argv: readonly string[]): MountRequest | string 
   const pos: string[] = [];
   const opts: string[] = [];
   let verbose = false;
-  let foreground = false;
+  let fake = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "-o" || a === "-t") {
@@ -114,14 +117,16 @@ export function parseHelperArgs(argv: readonly string[]): MountRequest | string 
       if (v === undefined) return `option ${a} needs a value`;
       if (a === "-o") opts.push(v);
     } else if (a.startsWith("-o") && a.length > 2) opts.push(a.slice(2));
-    else if (/^-[sfnvNF]+$/.test(a)) {
+    else if (/^-[sfnv]+$/.test(a)) {
+      // mount(8): -s sloppy, -n no mtab (both without meaning here), -v verbose, -f fake
       if (a.includes("v")) verbose = true;
-      if (a.includes("F")) foreground = true;
+      if (a.includes("f")) fake = true;
     } else if (a.startsWith("-")) return `unknown option ${a}`;
     else pos.push(a);
   }
   if (pos.length !== 2) return "usage: mount.scoutfs DATA-DEV DIR [-o OPTIONS]";
-  return { dataPath: pos[0]!, mountpoint: pos[1]!, options: opts.join(","), foreground, verbose };
+  return { dataPath: pos[0]!, mountpoint: pos[1]!, options: opts.join(","), foreground: false,
+    verbose, fake };
 }
 
 /** /sbin/mount.scoutfs. */
@@ -132,6 +137,15 @@ export async function helperMain(argv: readonly string[]): Promise<number> {
   if (typeof req === "string") {
     err(`${prog}: ${req}\n`);
     return USAGE_ERROR;
+  }
+  if (req.fake) {
+    try {
+      parseMountOptions(req.options);
+    } catch (e) {
+      err(`${prog}: ${e instanceof MountOptionError ? e.detail : String(e)}\n`);
+      return MOUNT_FAILURE;
+    }
+    return 0;
   }
   return startMount(req, err, prog);
 }
