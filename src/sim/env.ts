@@ -452,6 +452,9 @@ class NodeDevice implements BlockDevice {
   private async guard(io: () => Promise<void>): Promise<void> {
     if (!this.node.alive) return never();
     await this.node.whenRunning();
+    // killed while stopped before issuing it: the I/O was never issued (whenRunning returns
+    // on death too; a write let through here would land after the node was fenced)
+    if (!this.node.alive) return never();
     await io();
     await this.node.whenRunning(); // a paused process sees the completion when it resumes
     if (!this.node.alive) return never(); // died while it was in flight: nobody hears back
