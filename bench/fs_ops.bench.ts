@@ -16,6 +16,7 @@ import { performance } from "node:perf_hooks";
 import { main as cli } from "../src/cli/main.js";
 import { ScoutFs } from "../src/core/fs/fs.js";
 import { ScoutMount } from "../src/core/mount.js";
+import { DirListingBuilder, LISTING_MAX_BYTES } from "../src/fuse/vfs_dircache.js";
 import { openRealBlockDevice } from "../src/env/real/blockdev.js";
 import { realEnv } from "../src/env/real/env.js";
 
@@ -98,12 +99,28 @@ async function main(): Promise<void> {
     if (got === 0) break;
   }
   report("readdir_entries", entries, performance.now() - t0, cpuNow() - c0);
+  // what a FUSE READDIR of an uncached directory costs first: the encoded listing
+  const c1 = cpuNow();
+  const h1 = nowUs();
+  const t1 = performance.now();
+  const b = new DirListingBuilder(LISTING_MAX_BYTES, Number(d.ino));
+  const r = await sfs.listDir(d.ino, root, (v, at, len, pos, i, type) =>
+    b.add(v, at, len, pos, i, type));
+  const listing = b.finish(r.version, Number(r.parent));
+  report("listing_entries", listing.count, performance.now() - t1, cpuNow() - c1);
+  if (phases) console.log(`FS_OPS_PHASE listing ${h1} ${nowUs()}`);
   await sfs.sync();
   const page = Buffer.alloc(4096, 7);
   const nw = Math.min(n, 5000);
   await timed("write4k", nw, (i) => sfs.write(inos[i]!, 0n, page, root));
   await timed("read4k", nw, (i) => sfs.read(inos[i]!, 0n, 4096));
-  const nf = Math.min(n, 2000);
+  const big = Buffer.alloc(1 << 20, 9);
+  const seqMiB = Number(arg("--seq-mib", "256"));
+  const seqIno = inos[1]!;
+  await timed("seqwrite_1m", seqMiB, (i) => sfs.write(seqIno, BigInt(i) << 20n, big, root));
+  await sfs.sync();
+  await timed("seqread_1m", seqMiB, (i) => sfs.read(seqIno, BigInt(i) << 20n, 1 << 20));
+  const nf = Math.min(n, Number(arg("--fsyncs", "2000")));
   await timed("append4k_fsync", nf, async (i) => {
     await sfs.write(inos[0]!, BigInt(4096 * (i + 1)), page, root);
     await sfs.fsync(inos[0]!, true);

@@ -42,6 +42,9 @@ import {
   DAEMON_MARK, fenceLocalRid, registerRid, ridHex, ridKnownDeadLocally, unregisterRid,
 } from "./fence_local.js";
 
+/** The FUSE mount's readahead (bdi read_ahead_kb), set after INIT. */
+export const READAHEAD_KB = 8192;
+
 export interface DaemonArgs {
   dataPath: string;
   mountpoint: string;
@@ -74,7 +77,7 @@ export class MountDaemon {
       throw new FsError("ENOENT", `mount point ${args.mountpoint} does not exist: ${String(e)}`);
     });
     const meta = await openDevice(opts.metadevPath, "metadev");
-    const data = await openDevice(args.dataPath, "data device").catch(async (e: unknown) => {
+    const data = await openDevice(args.dataPath, "data device", true).catch(async (e: unknown) => {
       await meta.close();
       throw e;
     });
@@ -126,6 +129,9 @@ export class MountDaemon {
       // by another mount would stay invisible here (cluster coherence comes first).
       logger: env.logger, allowOther: true, defaultPermissions: true, writebackCache: false,
       readdirplus: "auto", extraOptions: this.args.opts.vfs.fuseFlags,
+      // 8 MiB: the kernel keeps several 1 MiB READs in flight for a sequential reader
+      // (cold 1 GiB dd: about 200 MB/s at 1 MiB, 320-370 MB/s at 8-16 MiB, buffered device)
+      readaheadKb: READAHEAD_KB,
       posixAcl: this.args.opts.acl,
     });
     this.session = session;
@@ -268,8 +274,23 @@ function randomRid(): bigint {
   }
 }
 
-async function openDevice(path: string, what: string): Promise<RealBlockDevice> {
+/**
+ * Opens a device; with `direct`, O_DIRECT when the file's filesystem allows it (tmpfs does
+ * not: buffered then). File data goes to the data device with O_DIRECT: measured on sparse
+ * files here, first writes through the page cache ran at about 185 MB/s against 1.1 GB/s
+ * direct, and a device shared between hosts needs it anyway. Metadata stays buffered
+ * (every commit flushes it; its blocks are cached in the daemon as well).
+ */
+async function openDevice(path: string, what: string, direct = false):
+  Promise<RealBlockDevice> {
   try {
+    if (direct) {
+      try {
+        return await openRealBlockDevice(path, { direct: true });
+      } catch (e) {
+        if (!isFsError(e, "EINVAL")) throw e;
+      }
+    }
     return await openRealBlockDevice(path);
   } catch (e) {
     const msg = isFsError(e) ? e.message : String(e);

@@ -159,17 +159,17 @@ export class MountClient {
    * write_seq when that is greater than the transaction's, which makes it newer than every
    * version another mount wrote under an earlier grant.
    */
-  putLocked(held: HeldLock, key: Buffer, val: Buffer): void {
+  putLocked(held: HeldLock, key: Buffer, val: Buffer, owned = false): void {
     assert(this.lt, "no open transaction");
-    this.put(key, val, lockItemSeq(held, this.lt.getTransSeq));
+    this.put(key, val, lockItemSeq(held, this.lt.getTransSeq), owned);
     this.locks.markDirtied(held, this.recordSeq);
   }
 
   /** Records a deletion of key under a held WRITE or WRITE_ONLY lock (see putLocked). */
-  deleteLocked(held: HeldLock, key: Buffer): void {
+  deleteLocked(held: HeldLock, key: Buffer, owned = false): void {
     assert(this.lt, "no open transaction");
     assert(rangeContainsKey(held.range, key), "item deleted outside its lock's range");
-    this.delete(key, lockItemSeq(held, this.lt.getTransSeq));
+    this.delete(key, lockItemSeq(held, this.lt.getTransSeq), owned);
     this.locks.markDirtied(held, this.recordSeq);
   }
 
@@ -224,14 +224,21 @@ export class MountClient {
   }
 
   /** Records a new version of key in the open transaction (seq at least the txn's). */
-  put(key: Buffer, val: Buffer, seq = 0): void {
+  /**
+   * With `owned` the caller hands key and val over (fresh buffers it never touches again,
+   * as an operation's write phase does): kept as they are instead of copied. The cache and
+   * the commits never change an item's buffers, so one value may back several items.
+   */
+  put(key: Buffer, val: Buffer, seq = 0, owned = false): void {
     if (val.length > BTREE_MAX_VAL_LEN) throw new FsError("EINVAL", "item value too large");
-    this.record({ key: Buffer.from(key), val: Buffer.from(val), seq, flags: 0 });
+    this.record({ key: owned ? key : Buffer.from(key),
+      val: val.length === 0 ? EMPTY_VAL : owned ? val : Buffer.from(val), seq, flags: 0 });
   }
 
   /** Records a deletion (a tombstone that hides older versions in other trees). */
-  delete(key: Buffer, seq = 0): void {
-    this.record({ key: Buffer.from(key), val: Buffer.alloc(0), seq, flags: ITEM_DELETION });
+  delete(key: Buffer, seq = 0, owned = false): void {
+    this.record({ key: owned ? key : Buffer.from(key), val: EMPTY_VAL, seq,
+      flags: ITEM_DELETION });
   }
 
   private record(it: Item): void {
@@ -318,10 +325,15 @@ export class MountClient {
       if (starts.size > 0) lt.bloomRef = await bloomAdd(w, lt.bloomRef, [...starts.values()]);
       lt.maxItemSeq = Math.max(lt.maxItemSeq, ...items.map((i) => i.seq));
       await this.dataTrans.prepareCommit(w, lt);
-      await w.writeDirty();
-      await this.meta.flush();
-      // file data the committed extents reference is durable before they are
-      if (this.dataDev && this.dataTrans.needsFlush) await this.dataDev.flush();
+      // file data the committed extents reference is durable before they are; the data
+      // device's flush runs beside the metadata writes (independent devices: one wait)
+      const dataFlushed = this.dataDev && this.dataTrans.needsFlush ? this.dataDev.flush() : null;
+      try {
+        await w.writeDirty();
+        await this.meta.flush();
+      } finally {
+        await dataFlushed;
+      }
       await this.net.request(NetCmd.COMMIT_LOG_TREES, encodeLogTrees(lt));
     } catch (e) {
       // nothing was committed: the items stay dirty for the next attempt
@@ -413,7 +425,7 @@ export class MountClient {
     let lastMiss: Buffer | null = null;
     for (let races = 0; races < ITEM_CACHE_FILL_RETRIES;) {
       const s = this.items.next(p, end);
-      if (s.kind === "hit") return copyKeyVal(s.item);
+      if (s.kind === "hit") return ownVal(s.item);
       if (s.kind === "none") return null;
       // missing again where we just filled: the fill was evicted or dropped meanwhile
       if (lastMiss !== null && s.at.equals(lastMiss)) races++;
@@ -438,7 +450,7 @@ export class MountClient {
     let lastMiss: Buffer | null = null;
     for (let races = 0; races < ITEM_CACHE_FILL_RETRIES;) {
       const s = this.items.prev(p, start);
-      if (s.kind === "hit") return copyKeyVal(s.item);
+      if (s.kind === "hit") return ownVal(s.item);
       if (s.kind === "none") return null;
       if (lastMiss !== null && s.at.equals(lastMiss)) races++;
       if (!(await this.fillBackward(held.range.start, s.at))) races++;
@@ -446,6 +458,32 @@ export class MountClient {
       p = s.at;
     }
     return this.prev(p, start);
+  }
+
+  /**
+   * Calls fn with the value of each current item of [start, end] in key order while it
+   * returns true, under `held` (cached, filling what is missing toward the lock's end). fn
+   * gets the cache's buffer, valid only during the call (copy what you keep).
+   */
+  async scanLocked(held: HeldLock, start: Buffer, end: Buffer,
+    fn: (val: Buffer) => boolean): Promise<void> {
+    this.checkReadable(held, start, end);
+    let p = start;
+    let lastMiss: Buffer | null = null;
+    for (let races = 0; races < ITEM_CACHE_FILL_RETRIES;) {
+      // items before a miss were handed to fn already: the scan goes on from the miss
+      const r = this.items.scan(p, end, fn);
+      if (r.kind === "done") return;
+      if (lastMiss !== null && r.at.equals(lastMiss)) races++;
+      if (!(await this.fillForward(r.at, held.range.end))) races++;
+      lastMiss = r.at;
+      p = r.at;
+    }
+    // fills kept racing: the rest one item at a time (nextLocked reads without caching last)
+    for (let it = await this.nextLocked(held, p, end); it !== null;
+      it = compareKeys(it.key, end) >= 0 ? null : await this.nextLocked(held, keyInc(it.key), end)) {
+      if (!fn(it.val)) return;
+    }
   }
 
   /** Up to `limit` current items of [start, end] in key order, under `held` (cached). */
@@ -596,6 +634,14 @@ export class MountClient {
     await this.net.farewell();
     this.net.shutdown();
   }
+}
+
+/** The value of every empty item (index and orphan items, tombstones): never written to. */
+const EMPTY_VAL = Buffer.alloc(0);
+
+/** A cache hit for a caller: the key is already a fresh buffer (ItemCache keeps strings). */
+function ownVal(it: KeyVal): KeyVal {
+  return { key: it.key, val: Buffer.from(it.val) };
 }
 
 /** A caller's own copy of a cached or read item (the cache keeps its buffers). */

@@ -81,22 +81,35 @@ export interface KeyVal {
 
 /** get(): a cached value, a known absence, or unknown. */
 export type CacheGet = { kind: "hit"; val: Buffer } | { kind: "negative" } | { kind: "miss" };
-/** next()/prev(): the item found, none in the asked range, or unknown from `at` on. */
+/**
+ * next()/prev(): the item found (its key a new Buffer, its val the cache's own), none in the
+ * asked range, or unknown from `at` on.
+ */
 export type CacheStep = { kind: "hit"; item: KeyVal } | { kind: "none" } |
   { kind: "miss"; at: Buffer };
 
-interface Entry {
-  readonly key: Buffer;
-  /** key as a latin1 string: what the sorted map compares. */
-  readonly sk: string;
-  val: Buffer;
-  seq: number;
-  flags: number;
-  dirty: boolean;
-  /** Part of the commit in flight and unchanged since it was taken. */
-  inFlight: boolean;
-  /** A dirty delta's part added after the commit in flight took `val` (else null). */
-  later: Buffer | null;
+/**
+ * A cached item. The key is kept only as its latin1 string (what the sorted map compares):
+ * a small Buffer is a slice of Node's 8 KiB allocation pool, and keys kept for a long time
+ * pinned whole pool slabs (measured: 80 MB of slabs behind 64 MB of accounted cache).
+ */
+class Entry {
+  later: Buffer | null = null;
+  inFlight = false;
+
+  constructor(
+    /** key as a latin1 string: what the sorted map compares. */
+    readonly sk: string,
+    public val: Buffer,
+    public seq: number,
+    public flags: number,
+    public dirty: boolean,
+  ) {}
+
+  /** The key as a Buffer (a new one each time). */
+  get key(): Buffer {
+    return Buffer.from(this.sk, "latin1");
+  }
 }
 
 interface Range {
@@ -415,6 +428,44 @@ export class ItemCache {
     }
   }
 
+  /**
+   * Calls fn with the value of each current item of [start, end] in key order, while fn
+   * returns true, as far as complete ranges tell: "done" when fn stopped or end was reached,
+   * else the first key not known ("miss"; the caller fills from there and scans on). fn gets
+   * the cache's own buffer: it must not keep or change it, nor call into the cache. One walk
+   * of the sorted entries instead of a next() per item (directory listings, whose values
+   * carry everything: no key is built).
+   */
+  scan(start: Buffer, end: Buffer, fn: (val: Buffer) => boolean):
+    { kind: "done" } | { kind: "miss"; at: Buffer } {
+    const last = sk(end);
+    let p = sk(start);
+    let n = 0;
+    for (;;) {
+      if (p > last) break;
+      const r = this.touch(p);
+      if (r === undefined) {
+        this.count("item_cache_miss");
+        return { kind: "miss", at: Buffer.from(p, "latin1") };
+      }
+      const bound = r.e < last ? r.e : last;
+      let stopped = false;
+      this.entries.forEachFrom(p, (e) => {
+        if (e.sk > bound) return false;
+        if (isTombstone(e)) return true;
+        assertNotDirtyDelta(e);
+        n++;
+        if (fn(e.val)) return true;
+        stopped = true;
+        return false;
+      });
+      if (stopped || bound >= last) break;
+      p = sk(keyInc(r.end));
+    }
+    if (n > 0) this.counters.inc("item_cache_hit", n);
+    return { kind: "done" };
+  }
+
   /** The last current item in [start, key] as far as complete ranges tell. */
   prev(key: Buffer, start: Buffer): CacheStep {
     const first = sk(start);
@@ -477,8 +528,7 @@ export class ItemCache {
       assert(prev === "" || prev < k, "fill items sorted");
       prev = k;
       if (isTombstone(it) || this.entries.get(k) !== undefined) continue;
-      const e: Entry = { key: Buffer.from(it.key), sk: k, val: Buffer.from(it.val), seq: it.seq,
-        flags: it.flags, dirty: false, inFlight: false, later: null };
+      const e = new Entry(k, Buffer.from(it.val), it.seq, it.flags, false);
       this.entries.insert(e);
       this.bytesUsed += entryBytes(e);
     }
@@ -500,8 +550,7 @@ export class ItemCache {
     const k = sk(it.key);
     const e = this.entries.get(k);
     if (e === undefined) {
-      const n: Entry = { key: it.key, sk: k, val: it.val, seq: it.seq, flags: it.flags,
-        dirty: true, inFlight: false, later: null };
+      const n = new Entry(k, it.val, it.seq, it.flags, true);
       this.entries.insert(n);
       this.dirtyIndex.insert(n);
       this.bytesUsed += entryBytes(n);
@@ -551,7 +600,7 @@ export class ItemCache {
     this.bytesUsed += entryBytes(e);
   }
 
-  /** Takes the dirty items for a commit: copies in key order. One commit at a time. */
+  /** Takes the dirty items for a commit, in key order (fresh Items, shared buffers). */
   beginCommit(): Item[] {
     assert(this.inFlight === null, "a commit is already in flight");
     const taken: Entry[] = [...this.dirtyIndex.all()];
@@ -561,8 +610,9 @@ export class ItemCache {
       assert(e.dirty, "dirty index holds a clean entry");
       assert(e.later === null, "a delta kept apart with no commit in flight");
       e.inFlight = true;
-      items.push({ key: Buffer.from(e.key), val: Buffer.from(e.val), seq: e.seq,
-        flags: e.flags });
+      // the entry's own buffers: nothing changes an item's buffers in place (a new version
+      // replaces them), and copying every dirty item showed in profiles of commits
+      items.push({ key: e.key, val: e.val, seq: e.seq, flags: e.flags });
     }
     this.inFlight = taken;
     this.pending = 0;

@@ -299,14 +299,12 @@ export class LockClient {
   async lockEach(reqs: readonly { range: LockRange; mode: LockMode }[]): Promise<LockHandle> {
     const sorted = this.checkRequests(reqs);
     // the common case, every lock granted and usable now: taken at once, no await per lock
-    if (!this.stopped && sorted.every((r) => {
-      const l = this.table.get(r.range);
-      return l !== undefined && this.canUse(l, r.mode);
-    })) {
-      return new Handle(sorted.map((r) => {
-        const l = this.table.get(r.range)!;
-        this.take(l, r.mode);
-        return new Held(l, r.mode);
+    const ready = this.stopped ? [] : sorted.map((r) => this.table.get(r.range));
+    if (ready.length === sorted.length &&
+      ready.every((l, i) => l !== undefined && this.canUse(l, sorted[i]!.mode))) {
+      return new Handle(sorted.map((r, i) => {
+        this.take(ready[i]!, r.mode);
+        return new Held(ready[i]!, r.mode);
       }));
     }
     const held: Held[] = [];

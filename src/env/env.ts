@@ -27,6 +27,8 @@ export interface BlockDevice {
   flush(): Promise<void>;
   /** Returns a zeroed buffer of `bytes` bytes suitable for this device's I/O alignment. */
   allocBuffer(bytes: number): Buffer;
+  /** Gives a buffer from allocBuffer() back for reuse (optional: others are left to GC). */
+  releaseBuffer?(buf: Buffer): void;
   close(): Promise<void>;
 }
 

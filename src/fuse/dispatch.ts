@@ -51,7 +51,8 @@ export interface Runner {
    */
   run<Req, Res>(h: InHeader, req: Req, fn: OpFn<Req, Res> | undefined,
     encode: (res: Res, req: Req) => Payload,
-    lookups?: (res: Res, req: Req) => readonly number[], buf?: Buffer): void;
+    lookups?: (res: Res, req: Req) => readonly number[], buf?: Buffer,
+    replied?: (res: Res) => void): void;
 }
 
 export type Handler = (r: Runner, h: InHeader, payload: Buffer, buf: Buffer) => void;
@@ -154,7 +155,8 @@ export const HANDLERS: ReadonlyMap<number, Handler> = new Map<number, Handler>([
   [Opcode.LINK, (r, h, p) => r.run(h, decodeLink(h, p), r.ops.link, entryPayload, entryLookups)],
   [Opcode.OPEN, (r, h, p) =>
     r.run(h, decodeOpen(h, p), r.ops.open ?? openDefault, encodeOpenOut)],
-  [Opcode.READ, (r, h, p) => r.run(h, decodeRead(h, p), r.ops.read, readPayload)],
+  [Opcode.READ, (r, h, p) => r.run(h, decodeRead(h, p), r.ops.read, readPayload, undefined,
+    undefined, r.ops.readReplied === undefined ? undefined : (d) => r.ops.readReplied!(d))],
   [Opcode.WRITE, (r, h, p, buf) =>
     r.run(h, decodeWrite(h, p), r.ops.write, encodeWriteOut, undefined, buf)],
   [Opcode.STATFS, (r, h, p) =>

@@ -111,6 +111,11 @@ export interface FuseOps {
   open?(ctx: RequestContext, req: OpenReq): MaybePromise<OpenOut>;
   /** Returns at most req.size bytes; fewer means end of file (unless direct_io). */
   read?(ctx: RequestContext, req: ReadReq): MaybePromise<Buffer | readonly Buffer[]>;
+  /**
+   * The reply carrying what read() returned was written (or could not be): its buffers are
+   * the filesystem's again (pooled I/O buffers). Called once per successful read().
+   */
+  readReplied?(data: Buffer | readonly Buffer[]): void;
   /** Returns the number of bytes written (all of req.data unless an error stops it). */
   write?(ctx: RequestContext, req: WriteReq): MaybePromise<number>;
   statfs?(ctx: RequestContext, req: NodeReq): MaybePromise<Statfs>;

@@ -232,8 +232,12 @@ export class Struct<T> {
     return out as unknown as T;
   }
 
-  /** Encodes v into buf at off (a fresh zeroed buffer by default); pad bytes are zeroed. */
-  encode(v: T, buf: Buffer = Buffer.alloc(this.size), off = 0): Buffer {
+  /**
+   * Encodes v into buf at off (a fresh buffer by default); every byte is written, pad bytes
+   * as zeros (so a fresh buffer need not be zeroed: allocUnsafe takes a slice of Node's pool
+   * instead of an ArrayBuffer of its own per reply).
+   */
+  encode(v: T, buf: Buffer = Buffer.allocUnsafe(this.size), off = 0): Buffer {
     if (buf.length - off < this.size) assert(false, `${this.name}: encode buffer too small`);
     const rec = v as unknown as Record<string, number | bigint>;
     for (let i = 0; i < this.fields.length; i++) {
@@ -821,7 +825,7 @@ export function splitValidMs(ms: number, what: string): [number, number] {
   return [sec, nsec];
 }
 
-export function encodeEntryOut(e: EntryOut, buf: Buffer = Buffer.alloc(ENTRY_OUT_SIZE),
+export function encodeEntryOut(e: EntryOut, buf: Buffer = Buffer.allocUnsafe(ENTRY_OUT_SIZE),
   off = 0): Buffer {
   const [entryValid, entryValidNsec] = splitValidMs(e.entryValidMs, "entryValidMs");
   const [attrValid, attrValidNsec] = splitValidMs(e.attrValidMs, "attrValidMs");
@@ -840,7 +844,7 @@ export function decodeEntryOut(buf: Buffer, off = 0): EntryOut {
 }
 
 export function encodeAttrOut(a: AttrOut): Buffer {
-  const buf = Buffer.alloc(ATTR_OUT_SIZE);
+  const buf = Buffer.allocUnsafe(ATTR_OUT_SIZE); // both structs write every byte
   const [attrValid, attrValidNsec] = splitValidMs(a.attrValidMs, "attrValidMs");
   AttrOutHeadStruct.encode({ attrValid, attrValidNsec }, buf, 0);
   AttrStruct.encode(a.attr, buf, AttrOutHeadStruct.size);
@@ -859,7 +863,7 @@ export function encodeOpenOut(o: OpenOut): Buffer {
 
 /** CREATE and TMPFILE reply with an entry_out followed by an open_out. */
 export function encodeCreateOut(c: CreateOut): Buffer {
-  const buf = Buffer.alloc(ENTRY_OUT_SIZE + OpenOutStruct.size);
+  const buf = Buffer.allocUnsafe(ENTRY_OUT_SIZE + OpenOutStruct.size); // all bytes written
   encodeEntryOut(c.entry, buf, 0);
   OpenOutStruct.encode({ fh: c.open.fh, openFlags: c.open.openFlags, backingId: 0 }, buf,
     ENTRY_OUT_SIZE);
@@ -945,7 +949,8 @@ export class DirentPacker {
   readonly plus: boolean;
   readonly sizeBytes: number;
   readonly lookups: number[] = [];
-  private readonly buf: Buffer;
+  /** Allocated (zeroed) at the first entry: a reply from a cached block never needs it. */
+  private bufNow: Buffer | null = null;
   private used = 0;
   private count = 0;
   private encoded: Buffer | null = null;
@@ -955,7 +960,11 @@ export class DirentPacker {
     assert(sizeBytes <= FUSE_MAX_REPLY_BYTES, `readdir size ${sizeBytes}`);
     this.sizeBytes = sizeBytes;
     this.plus = plus;
-    this.buf = Buffer.alloc(sizeBytes);
+  }
+
+  private get buf(): Buffer {
+    this.bufNow ??= Buffer.alloc(this.sizeBytes);
+    return this.bufNow;
   }
 
   /** Entries added so far. */
@@ -1009,7 +1018,7 @@ export class DirentPacker {
 
   /** The reply payload: the bytes used so far (a view of the packer's buffer). */
   finish(): Buffer {
-    return this.encoded ?? this.buf.subarray(0, this.used);
+    return this.encoded ?? (this.bufNow ?? EMPTY_REPLY).subarray(0, this.used);
   }
 
   private writeDirent(at: number, name: Buffer, nextOffset: number, ino: number,
@@ -1019,6 +1028,8 @@ export class DirentPacker {
     // The alignment padding is already zero: the buffer was zeroed and is written once.
   }
 }
+
+const EMPTY_REPLY = Buffer.alloc(0);
 
 function checkDirentName(name: Buffer): void {
   assert(name.length > 0 && name.length <= FUSE_NAME_MAX, `dirent name of ${name.length} bytes`);

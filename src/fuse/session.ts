@@ -374,7 +374,8 @@ export class FuseSession implements Runner {
 
   run<Req, Res>(h: InHeader, req: Req, fn: OpFn<Req, Res> | undefined,
     encode: (res: Res, req: Req) => Payload,
-    lookups?: (res: Res, req: Req) => readonly number[], buf?: Buffer): void {
+    lookups?: (res: Res, req: Req) => readonly number[], buf?: Buffer,
+    replied?: (res: Res) => void): void {
     if (fn === undefined) {
       this.counters.enosys++;
       this.replyError(h.unique, Errno.ENOSYS);
@@ -390,10 +391,10 @@ export class FuseSession implements Runner {
       return;
     }
     if (r instanceof Promise) {
-      r.then((v: Res) => this.finishOk(ctx, v, req, encode, lookups),
+      r.then((v: Res) => this.finishOk(ctx, v, req, encode, lookups, replied),
         (e: unknown) => this.finishError(ctx, e));
     } else {
-      this.finishOk(ctx, r, req, encode, lookups);
+      this.finishOk(ctx, r, req, encode, lookups, replied);
     }
   }
 
@@ -675,7 +676,8 @@ export class FuseSession implements Runner {
 
   private finishOk<Req, Res>(ctx: Ctx, res: Res, req: Req,
     encode: (res: Res, req: Req) => Payload,
-    lookups: ((res: Res, req: Req) => readonly number[]) | undefined): void {
+    lookups: ((res: Res, req: Req) => readonly number[]) | undefined,
+    replied?: (res: Res) => void): void {
     let ids: readonly number[] = [];
     try {
       ids = lookups?.(res, req) ?? [];
@@ -685,6 +687,13 @@ export class FuseSession implements Runner {
       // The filesystem answered with something unencodable: it still counted the lookups.
       this.forgetUndelivered(ids);
       this.replyFailure(ctx, e);
+    }
+    if (replied !== undefined) {
+      try {
+        replied(res); // the reply is written (synchronously): the result's buffers are free
+      } catch (e) {
+        this.logger.log("warn", `fuse: reply hook failed: ${describe(e)}`);
+      }
     }
     this.untrack(ctx);
   }

@@ -20,7 +20,7 @@
  */
 
 import { readFile } from "node:fs/promises";
-import type { InodeAttr, ScoutFs } from "../core/fs/fs.js";
+import { GETATTR_MANY_GROUPS, type InodeAttr, type ScoutFs } from "../core/fs/fs.js";
 import type { Cred } from "../core/fs/perm.js";
 import type { SetattrIn } from "../core/fs/inode.js";
 import { LOCK_INODE_GROUP_NR } from "../core/lock_names.js";
@@ -36,6 +36,7 @@ import {
   type SymlinkReq, type WriteReq, Fopen, negativeEntry,
 } from "./proto.js";
 import { KernelCacheTracker, type KernelNotifier } from "./vfs_kcache.js";
+import { DirListing, DirListingBuilder, DirListingCache, LISTING_MAX_BYTES } from "./vfs_dircache.js";
 
 /** Entry and attribute validity: long, because lock revocation invalidates explicitly. */
 export const ENTRY_VALID_MS = 3_600_000;
@@ -46,6 +47,7 @@ const GROUPS_CACHE_MAX = 4096;
 /** st_blksize reported: the data block size. */
 const BLKSIZE = 4096;
 const O_ACCMODE = 3;
+const RENAME_EXCHANGE = 2;
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const O_TRUNC = 0o1000;
@@ -58,6 +60,8 @@ export interface VfsOptions {
 
 export class ScoutVfs implements FuseOps {
   readonly kcache: KernelCacheTracker;
+  /** Encoded READDIR listings (vfs_dircache.ts). */
+  readonly dirs = new DirListingCache();
   private readonly groupsCache = new Map<number, { at: number; groups: number[] }>();
   private nextFh = 1;
 
@@ -127,6 +131,10 @@ export class ScoutVfs implements FuseOps {
     await this.fs.rename(ino(req.parent), req.name, ino(req.newParent), req.newName, req.flags,
       await this.cred(ctx));
     this.kcache.nameGone(req.parent, req.name);
+    // the kernel moves its dentry to the new name (with EXCHANGE both names stay): it holds
+    // them without a LOOKUP, so they must be tracked for invalidation like looked-up names
+    this.kcache.nameHeld(req.newParent, req.newName);
+    if ((req.flags & RENAME_EXCHANGE) !== 0) this.kcache.nameHeld(req.parent, req.name);
   }
 
   async readlink(_ctx: RequestContext, req: NodeReq): Promise<Buffer> {
@@ -220,6 +228,10 @@ export class ScoutVfs implements FuseOps {
     return this.fs.read(ino(req.nodeid), BigInt(req.offset), req.size);
   }
 
+  readReplied(data: Buffer | readonly Buffer[]): void {
+    if (Buffer.isBuffer(data)) this.fs.data.releaseRead(data);
+  }
+
   async write(ctx: RequestContext, req: WriteReq): Promise<number> {
     return this.fs.write(ino(req.nodeid), BigInt(req.offset), req.data, await this.cred(ctx));
   }
@@ -288,41 +300,82 @@ export class ScoutVfs implements FuseOps {
     await this.fs.release(ino(req.nodeid));
   }
 
+  /**
+   * READDIR: a view of the directory's cached encoded listing (vfs_dircache.ts), checked
+   * against the directory's version under its lock; entry by entry for directories too
+   * large to cache.
+   */
   async readdir(ctx: RequestContext, req: ReaddirArgs): Promise<void> {
     const out = req.out;
+    const cred = await this.cred(ctx);
+    const l = await this.listing(req.nodeid, cred);
+    if (l !== null) {
+      const block = l.slice(req.offset, out.sizeBytes);
+      if (block.length > 0) out.useEncoded(block);
+      return;
+    }
     await this.fs.readdir(ino(req.nodeid), BigInt(req.offset),
-      (name, nextPos, i, type) => out.add(name, num(nextPos), num(i), type), await this.cred(ctx));
+      (name, nextPos, i, type) => out.add(name, num(nextPos), num(i), type), cred);
   }
 
   /**
-   * READDIRPLUS: entries with attributes. Each packed entry (not . or ..) takes a kernel
-   * lookup reference, counted in the core like a LOOKUP's.
+   * READDIRPLUS: entries with attributes, read in one operation per batch of inode groups.
+   * Each packed entry (not . or ..) takes a kernel lookup reference, counted in the core
+   * like a LOOKUP's. The kernel asks for it (readdirplus auto) on a directory's first read
+   * and after lookups in it, so an `ls -l` gets attributes without a LOOKUP per entry.
    */
   async readdirplus(ctx: RequestContext, req: ReaddirArgs): Promise<void> {
     const out = req.out;
     const parent = req.nodeid;
     const cred = await this.cred(ctx);
-    const found: { name: Buffer; next: bigint; ino: bigint; type: number }[] = [];
-    await this.fs.readdir(ino(parent), BigInt(req.offset), (name, next, i, type) => {
-      // an upper bound of what fits; attributes are read after the directory lock is dropped
-      if (found.length >= 1024) return false;
-      found.push({ name: Buffer.from(name), next, ino: i, type });
-      return true;
-    }, cred);
-    for (const f of found) {
-      const dot = f.name.length <= 2 && (f.name.equals(DOT) || f.name.equals(DOTDOT));
-      let a: InodeAttr;
-      try {
-        a = await this.fs.getattr(f.ino);
-      } catch (e) {
-        if (e instanceof FsError && e.code === "ENOENT") continue; // removed meanwhile
-        throw e;
-      }
-      const entry: EntryOut = { nodeid: dot ? 0 : num(f.ino), generation: 0,
-        entryValidMs: ENTRY_VALID_MS, attrValidMs: ATTR_VALID_MS, attr: toAttr(a) };
-      if (!out.addEntry(f.name, num(f.next), entry)) break;
-      if (!dot) this.took(a.ino, parent, f.name);
+    const l = await this.listing(parent, cred);
+    let found: { name: Buffer; next: number; ino: number; type: number }[];
+    if (l !== null) {
+      found = l.entries(req.offset, Math.ceil(out.sizeBytes / DIRENTPLUS_MIN_BYTES));
+    } else {
+      found = [];
+      await this.fs.readdir(ino(parent), BigInt(req.offset), (name, next, i, type) => {
+        // an upper bound of what fits; attributes are read after the directory lock is dropped
+        if (found.length >= out.sizeBytes / DIRENTPLUS_MIN_BYTES) return false;
+        found.push({ name: Buffer.from(name), next: num(next), ino: num(i), type });
+        return true;
+      }, cred);
     }
+    for (let at = 0; at < found.length;) {
+      const batch = groupBatch(found, at);
+      const attrs = await this.fs.getattrMany(batch.map((f) => BigInt(f.ino)));
+      for (let k = 0; k < batch.length; k++) {
+        const f = batch[k]!;
+        const a = attrs[k];
+        if (a === null || a === undefined) continue; // removed meanwhile
+        const dot = f.name.length <= 2 && (f.name.equals(DOT) || f.name.equals(DOTDOT));
+        const entry: EntryOut = { nodeid: dot ? 0 : f.ino, generation: 0,
+          entryValidMs: ENTRY_VALID_MS, attrValidMs: ATTR_VALID_MS, attr: toAttr(a) };
+        if (!out.addEntry(f.name, f.next, entry)) return;
+        if (!dot) this.took(a.ino, parent, f.name);
+      }
+      at += batch.length;
+    }
+  }
+
+  /**
+   * The directory's encoded listing, current as of its version read now under its lock;
+   * built (one walk of its entries) when missing or stale; null when too large to cache.
+   */
+  private async listing(nodeid: number, cred: Cred): Promise<DirListing | null> {
+    const dir = ino(nodeid);
+    const cached = this.dirs.get(nodeid);
+    if (cached !== undefined) {
+      if (await this.fs.dirVersion(dir, cred) === cached.version) return cached;
+      this.dirs.drop(nodeid);
+    }
+    const b = new DirListingBuilder(LISTING_MAX_BYTES, nodeid);
+    const r = await this.fs.listDir(dir, cred, (v, at, len, pos, i, type) =>
+      b.add(v, at, len, pos, i, type));
+    if (!r.complete) return null;
+    const l = b.finish(r.version, num(r.parent));
+    this.dirs.set(nodeid, l);
+    return l;
   }
 
   // ----------------------------------------------------------------------------------------
@@ -370,6 +423,25 @@ export class ScoutVfs implements FuseOps {
 
 /** A LOOKUP miss: nodeid 0, not cached (another mount may create the name at any time). */
 const NEGATIVE_ENTRY: EntryOut = negativeEntry(0);
+
+/** The smallest READDIRPLUS record (entry_out + dirent of a 1-byte name). */
+const DIRENTPLUS_MIN_BYTES = 152;
+
+/**
+ * The entries of found from `at` whose inodes fall in at most GETATTR_MANY_GROUPS lock
+ * groups (one getattrMany each).
+ */
+function groupBatch<T extends { ino: number }>(found: readonly T[], at: number): T[] {
+  const groups = new Set<number>();
+  const out: T[] = [];
+  for (let i = at; i < found.length; i++) {
+    const g = Math.floor(found[i]!.ino / Number(LOCK_INODE_GROUP_NR));
+    if (!groups.has(g) && groups.size >= GETATTR_MANY_GROUPS) break;
+    groups.add(g);
+    out.push(found[i]!);
+  }
+  return out;
+}
 
 const DOT = Buffer.from(".");
 const DOTDOT = Buffer.from("..");

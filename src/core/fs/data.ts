@@ -57,6 +57,8 @@ export const TRUNCATE_MAX_STEPS = 1 << 20;
 export const FALLOC_STEPS_PER_OP = 8;
 /** Bytes one read call returns at most (Linux MAX_RW_COUNT, rounded to blocks). */
 export const READ_MAX_BYTES = 0x7fff_f000;
+/** Reads of at least this many bytes use the O_DIRECT device's pooled aligned buffers. */
+const READ_POOL_MIN_BYTES = 64 * 1024;
 /** Extents fiemap reports at most. */
 export const FIEMAP_MAX_EXTENTS = 1 << 20;
 /** Operations a data call re-runs after finishing a pending truncate, at most. */
@@ -234,11 +236,33 @@ export class DataOps {
       const n = Number(v.size - offset < BigInt(want) ? v.size - offset : BigInt(want));
       const release = this.trans.readHold();
       ctx.onEnd(() => { release(); });
-      const out = Buffer.allocUnsafe(n);
-      await this.readInto(ctx, ino, offset, out);
+      const out = this.readBuffer(n);
+      try {
+        await this.readInto(ctx, ino, offset, out);
+      } catch (e) {
+        this.releaseRead(out);
+        throw e;
+      }
       this.client.counters.inc("data_read");
       return out;
     });
+  }
+
+  /**
+   * The buffer a read returns. On an O_DIRECT device (alignment > 1) one of the device's
+   * aligned buffers, so whole blocks are read straight into it (no bounce copy) and the
+   * caller gives it back with releaseRead() once it has sent it.
+   */
+  private readBuffer(n: number): Buffer {
+    const d = this.client.dataDev;
+    if (d === null || d.alignment === 1 || d.releaseBuffer === undefined ||
+      n < READ_POOL_MIN_BYTES) return Buffer.allocUnsafe(n);
+    return d.allocBuffer(n);
+  }
+
+  /** A buffer read() returned is no longer used (optional: unreturned ones are collected). */
+  releaseRead(buf: Buffer): void {
+    this.client.dataDev?.releaseBuffer?.(buf);
   }
 
   /**

@@ -42,7 +42,10 @@ export class DataDevice {
     this.counters.inc("data_read_ios");
     this.counters.inc("data_read_bytes", len);
     const at = map * DATA_BLOCK_SIZE + inRun;
-    if (this.dev.alignment === 1) {
+    if (this.dev.alignment === 1 || (at % this.dev.alignment === 0 &&
+      len % this.dev.alignment === 0)) {
+      // buffered, or an aligned region on an O_DIRECT device (which bounces an unaligned
+      // buffer through its own pool): no block buffer of our own to fill and copy out of
       await this.dev.read(out.subarray(outOff, outOff + len), at);
       return;
     }

@@ -14,6 +14,7 @@
  */
 import { assert } from "../../util/assert.js";
 import { crc32c } from "../../util/crc32c.js";
+import { FsError } from "../../util/errno.js";
 import { BTREE_MAX_VAL_LEN } from "../btree_block.js";
 import { corrupt } from "../format.js";
 
@@ -64,11 +65,12 @@ export function direntType(mode: number): number {
 // Name hashes.
 
 /** FNV-1a 32-bit of the name bytes. */
-export function fnv1a32(name: Buffer): number {
+export function fnv1a32(name: Buffer, from = 0): number {
   let h = 0x811c9dc5;
-  for (const b of name) {
-    h ^= b;
-    h = Math.imul(h, 0x01000193) >>> 0;
+  // indexed, not for..of (the iterator showed in profiles); int32 steps, the same bits
+  for (let i = from; i < name.length; i++) {
+    h ^= name[i]!;
+    h = Math.imul(h, 0x01000193);
   }
   return h >>> 0;
 }
@@ -79,9 +81,10 @@ export function fnv1a32(name: Buffer): number {
  * entries of similar names in neighbouring leaves (upstream's "fingerprint").
  */
 export function direntNameHash(name: Buffer): bigint {
-  const fp = Buffer.alloc(4);
-  name.copy(fp, 0, 0, Math.min(4, name.length));
-  return (BigInt(fp.readUInt32BE(0)) << 32n) | BigInt(fnv1a32(name));
+  const n = name.length;
+  const fp = (((n > 0 ? name[0]! : 0) << 24) | ((n > 1 ? name[1]! : 0) << 16) |
+    ((n > 2 ? name[2]! : 0) << 8) | (n > 3 ? name[3]! : 0)) >>> 0;
+  return (BigInt(fp) << 32n) | BigInt(fnv1a32(name));
 }
 
 /** The xattr key's hash: crc32c of the name (upstream). */
@@ -122,6 +125,72 @@ export function decodeDirent(b: Buffer): DirentValue {
   if (!validFileType(type << 12)) throw corrupt(`dirent type ${type}`);
   if (!b.subarray(25, DIRENT_HEADER_SIZE).every((x) => x === 0)) throw corrupt("dirent pad");
   const name = Buffer.from(b.subarray(DIRENT_HEADER_SIZE));
+  const hash = b.readBigUInt64LE(8);
+  if (hash !== direntNameHash(name)) throw corrupt("dirent hash does not match its name");
+  const pos = b.readBigUInt64LE(16);
+  if (pos < READDIR_POS_FIRST || pos >= READDIR_POS_END) throw corrupt(`dirent pos ${pos}`);
+  const ino = b.readBigUInt64LE(0);
+  if (ino === 0n) throw corrupt("dirent ino 0");
+  return { ino, hash, pos, type, name };
+}
+
+/**
+ * direntNumbers()'s receiver: the name is value[nameAt, nameAt + nameLen), inode number and
+ * position as numbers.
+ */
+export type DirentNumbersFn = (value: Buffer, nameAt: number, nameLen: number, pos: number,
+  ino: number, type: number) => boolean;
+
+const TWO32 = 0x1_0000_0000;
+
+/**
+ * decodeDirent()'s checks without a BigInt or an object per entry: hands the fields to fn
+ * (inode number and position as numbers, EOVERFLOW past 2^53, which no allocator reaches;
+ * the name left in place) and returns what fn returns. For listing caches, which go through
+ * tens of thousands of entries per directory (a fifth of decodeDirent's cost).
+ */
+export function direntNumbers(b: Buffer, fn: DirentNumbersFn): boolean {
+  if (b.length <= DIRENT_HEADER_SIZE || b.length > DIRENT_HEADER_SIZE + NAME_LEN_MAX) {
+    throw corrupt(`dirent value size ${b.length}`);
+  }
+  const type = b[24]!;
+  if (!validFileType(type << 12)) throw corrupt(`dirent type ${type}`);
+  if (b[25] !== 0 || b.readUInt16LE(26) !== 0 || b.readUInt32LE(28) !== 0) {
+    throw corrupt("dirent pad");
+  }
+  const at = DIRENT_HEADER_SIZE;
+  const n = b.length - at;
+  const fp = (((n > 0 ? b[at]! : 0) << 24) | ((n > 1 ? b[at + 1]! : 0) << 16) |
+    ((n > 2 ? b[at + 2]! : 0) << 8) | (n > 3 ? b[at + 3]! : 0)) >>> 0;
+  if (b.readUInt32LE(12) !== fp || b.readUInt32LE(8) !== fnv1a32(b, at)) {
+    throw corrupt("dirent hash does not match its name");
+  }
+  const posHi = b.readUInt32LE(20);
+  const inoHi = b.readUInt32LE(4);
+  if (posHi >= 0x20_0000 || inoHi >= 0x20_0000) {
+    throw new FsError("EOVERFLOW", "dirent ino or pos beyond 2^53");
+  }
+  const pos = posHi * TWO32 + b.readUInt32LE(16);
+  if (pos < Number(READDIR_POS_FIRST)) throw corrupt(`dirent pos ${pos}`);
+  const ino = inoHi * TWO32 + b.readUInt32LE(0);
+  if (ino === 0) throw corrupt("dirent ino 0");
+  return fn(b, at, n, pos, ino, type);
+}
+
+/**
+ * decodeDirent() with the same checks, the name a view of b (no copy): for walks that use
+ * each entry at once (readdir). b must not change while the result is used.
+ */
+export function decodeDirentView(b: Buffer): DirentValue {
+  if (b.length <= DIRENT_HEADER_SIZE || b.length > DIRENT_HEADER_SIZE + NAME_LEN_MAX) {
+    throw corrupt(`dirent value size ${b.length}`);
+  }
+  const type = b[24]!;
+  if (!validFileType(type << 12)) throw corrupt(`dirent type ${type}`);
+  if (b[25] !== 0 || b.readUInt16LE(26) !== 0 || b.readUInt32LE(28) !== 0) {
+    throw corrupt("dirent pad");
+  }
+  const name = b.subarray(DIRENT_HEADER_SIZE);
   const hash = b.readBigUInt64LE(8);
   if (hash !== direntNameHash(name)) throw corrupt("dirent hash does not match its name");
   const pos = b.readBigUInt64LE(16);

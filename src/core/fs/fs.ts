@@ -17,17 +17,18 @@ import { assert } from "../../util/assert.js";
 import { FsError } from "../../util/errno.js";
 import type { MountClient } from "../client.js";
 import { INODE_FLAG_TRUNCATE, type InodeValue, type Timespec } from "../format.js";
-import { symlinkKey } from "../key.js";
+import { readdirKey, symlinkKey } from "../key.js";
 import { LockMode } from "../lock_msg.js";
 import { inodeGroupFirst } from "../lock_names.js";
 import { NetCmd } from "../msg.js";
 import { ROOT_INO } from "../mkfs.js";
 import {
-  addEntry, checkName, dirEmpty, entriesFrom, findEntry, isDot, isDotDot, parentOf,
+  addEntry, checkName, dirEmpty, findEntry, isDot, isDotDot, parentOf,
   removeEntry,
 } from "./dirent.js";
 import {
-  decodeStatfsReply, decodeSymlinkParts, direntType, encodeSymlinkParts, isDir, isLnk,
+  decodeDirentView, decodeStatfsReply, decodeSymlinkParts, direntType, encodeSymlinkParts,
+  direntNumbers, type DirentNumbersFn, isDir, isLnk, READDIR_POS_END, READDIR_POS_FIRST,
   LINK_MAX, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SCOUTFS_SUPER_MAGIC, SYMLINK_MAX_SIZE, SYMLINK_PART_MAX,
   validFileType, NAME_LEN_MAX,
 } from "./format.js";
@@ -52,11 +53,15 @@ export type { InodeAttr, SetattrIn } from "./inode.js";
 
 /** Entries one readdir call hands out at most (the caller continues from where it stopped). */
 export const READDIR_MAX_ENTRIES = 4096;
+/** Inode groups one getattrMany() may lock (the lock client's per-call bound, less room). */
+export const GETATTR_MANY_GROUPS = 32;
 /** Directories whose last child's inode group is remembered (withChildHint). */
 const CHILD_HINTS_MAX = 4096;
-const READDIR_BATCH = 64;
 
-/** readdir's callback: false when the caller's buffer is full (the entry is not consumed). */
+/**
+ * readdir's callback: false when the caller's buffer is full (the entry is not consumed).
+ * name may be a view of cached item memory: valid during the call only (copy to keep it).
+ */
 export type ReaddirCb = (name: Buffer, nextPos: bigint, ino: bigint, type: number) => boolean;
 
 export interface ScoutFsOptions {
@@ -225,28 +230,96 @@ export class ScoutFs {
    * continue from (READDIR_POS_END-style: greater than every entry when done).
    */
   async readdir(ino: bigint, pos: bigint, cb: ReaddirCb, cred: Cred): Promise<bigint> {
+    return (await this.readdirVersioned(ino, pos, cb, cred, READDIR_MAX_ENTRIES)).next;
+  }
+
+  /**
+   * readdir() of at most `max` entries that also returns the directory inode's version as
+   * read under the same lock: it changes whenever an entry is added or removed (the inode is
+   * rewritten), here or, after our lock was revoked, by another mount. Listing caches key on
+   * it. The entries come from one walk of the cached READDIR items (ctx.scan).
+   */
+  async readdirVersioned(ino: bigint, pos: bigint, cb: ReaddirCb, cred: Cred, max: number):
+    Promise<{ next: bigint; version: bigint }> {
     return this.runner.run({ inos: inos([ino, LockMode.READ]) }, async (ctx) => {
       const dir = await this.dirInode(ctx, ino, LockMode.READ);
       checkAccess(cred, dir, MAY_READ, await ctx.accessAcl(ino, dir, cred));
+      const version = dir.version;
       let p = pos;
       if (p === 0n) {
-        if (!cb(Buffer.from("."), 1n, ino, direntType(S_IFDIR))) return p;
+        if (!cb(Buffer.from("."), 1n, ino, direntType(S_IFDIR))) return { next: p, version };
         p = 1n;
       }
       if (p === 1n) {
-        if (!cb(Buffer.from(".."), 2n, await parentOf(ctx, ino), direntType(S_IFDIR))) return p;
+        if (!cb(Buffer.from(".."), 2n, await parentOf(ctx, ino), direntType(S_IFDIR))) {
+          return { next: p, version };
+        }
         p = 2n;
       }
-      for (let n = 0; n < READDIR_MAX_ENTRIES;) {
-        const batch = await entriesFrom(ctx, ino, p, READDIR_BATCH);
-        for (const d of batch) {
-          if (!cb(d.name, d.pos + 1n, d.ino, d.type)) return d.pos;
-          p = d.pos + 1n;
-          n++;
+      let n = 0;
+      let stopped = false;
+      await ctx.scan(readdirKey(ino, p), readdirKey(ino, READDIR_POS_END), ino, (v) => {
+        if (n >= max) return false;
+        const d = decodeDirentView(v);
+        if (!cb(d.name, d.pos + 1n, d.ino, d.type)) {
+          p = d.pos;
+          stopped = true;
+          return false;
         }
-        if (batch.length < READDIR_BATCH) return dir.nextReaddirPos > p ? dir.nextReaddirPos : p;
+        p = d.pos + 1n;
+        n++;
+        return true;
+      });
+      if (stopped || n >= max) return { next: p, version };
+      return { next: dir.nextReaddirPos > p ? dir.nextReaddirPos : p, version };
+    });
+  }
+
+  /**
+   * A directory's listing for caches: fn gets each entry in position order (direntNumbers:
+   * the name in place in a value valid during the call) until it returns false.
+   * Returns the directory's version and parent read under the same lock, and whether the
+   * walk reached the end.
+   */
+  async listDir(ino: bigint, cred: Cred, fn: DirentNumbersFn):
+    Promise<{ version: bigint; parent: bigint; complete: boolean }> {
+    return this.runner.run({ inos: inos([ino, LockMode.READ]) }, async (ctx) => {
+      const dir = await this.dirInode(ctx, ino, LockMode.READ);
+      checkAccess(cred, dir, MAY_READ, await ctx.accessAcl(ino, dir, cred));
+      const parent = await parentOf(ctx, ino);
+      let complete = true;
+      await ctx.scan(readdirKey(ino, READDIR_POS_FIRST), readdirKey(ino, READDIR_POS_END), ino,
+        (v) => {
+          if (direntNumbers(v, fn)) return true;
+          complete = false;
+          return false;
+        });
+      return { version: dir.version, parent, complete };
+    });
+  }
+
+  /** A directory's version (readdirVersioned), after readdir's permission check. */
+  async dirVersion(ino: bigint, cred: Cred): Promise<bigint> {
+    return this.runner.run({ inos: inos([ino, LockMode.READ]) }, async (ctx) => {
+      const dir = await this.dirInode(ctx, ino, LockMode.READ);
+      checkAccess(cred, dir, MAY_READ, await ctx.accessAcl(ino, dir, cred));
+      return dir.version;
+    });
+  }
+
+  /**
+   * The attributes of several inodes read in one operation (READDIRPLUS), null for those
+   * that no longer exist. At most GETATTR_MANY_GROUPS inode groups (callers split).
+   */
+  async getattrMany(list: readonly bigint[]): Promise<(InodeAttr | null)[]> {
+    const want = inos(...list.map((i): [bigint, LockMode] => [i, LockMode.READ]));
+    return this.runner.run({ inos: want }, async (ctx) => {
+      const out: (InodeAttr | null)[] = [];
+      for (const i of list) {
+        const v = await ctx.inode(i);
+        out.push(v === null ? null : attrOf(i, v));
       }
-      return p;
+      return out;
     });
   }
 
@@ -313,6 +386,7 @@ export class ScoutFs {
           v.size = BigInt(target.length);
           encodeSymlinkParts(target).forEach((p, i) => ctx.put(symlinkKey(ino, BigInt(i)), p, ino));
         }
+        await ctx.checkNew(ino);
         ctx.newInode(ino, v);
         await this.acls.inherit(ctx, parent, ino, v, umask);
         ctx.dirty(parent);

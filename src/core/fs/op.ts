@@ -98,7 +98,9 @@ export class OpCtx {
 
   constructor(readonly client: MountClient, private readonly handle: LockHandle,
     private readonly modes: ReadonlyMap<bigint, LockMode>, readonly fmtVers: number,
-    readonly acl: AclHooks | null = null) {}
+    readonly acl: AclHooks | null = null,
+    /** True the first time a group is asked about (the runner's memory, see checkNew). */
+    private readonly warmGroup: (group: bigint) => boolean = () => false) {}
 
   /** ino's access ACL when it can decide cred's permission check (perm.ts), else null. */
   async accessAcl(ino: bigint, v: InodeValue, cred: Cred): Promise<PosixAcl | null> {
@@ -142,6 +144,23 @@ export class OpCtx {
     return v;
   }
 
+  /**
+   * EIO if ino already has an inode item. The first new inode of a group (per runner, see
+   * warmGroup) is read through the item cache, which fills the rest of the group from ino on,
+   * so the items of this and of every later inode handed out there stay cached after commits
+   * (a committed item outside the cache's complete ranges leaves it, and a cold stat of a new
+   * file then read it back). Later ones only look in the cache: under cache pressure a fill
+   * per create would read the forest again and again.
+   */
+  async checkNew(ino: bigint): Promise<void> {
+    const held = this.need(ino, LockMode.WRITE);
+    const key = inodeKey(ino);
+    const exists = this.warmGroup(inodeGroupFirst(ino)) ?
+      await this.client.lookupLocked(held, key) !== null :
+      this.client.items.get(key).kind === "hit";
+    if (exists) throw new FsError("EIO", `inode ${ino} handed out for a new inode already exists`);
+  }
+
   /** A new inode's value: written (with fresh index items) by apply(). */
   newInode(ino: bigint, val: InodeValue): void {
     this.need(ino, LockMode.WRITE);
@@ -183,11 +202,21 @@ export class OpCtx {
     return this.client.nextLocked(this.need(ino), key, end);
   }
 
+  /**
+   * The value of each item of [start, end] (both in the group of ino) to fn while it
+   * returns true; fn gets the cache's buffer, valid only during the call (scanLocked).
+   */
+  async scan(start: Buffer, end: Buffer, ino: bigint, fn: (val: Buffer) => boolean):
+    Promise<void> {
+    return this.client.scanLocked(this.need(ino), start, end, fn);
+  }
+
   /** Up to limit items of [start, end] (both in the group of ino). */
   async range(start: Buffer, end: Buffer, ino: bigint, limit: number): Promise<KeyVal[]> {
     return this.client.rangeLocked(this.need(ino), start, end, limit);
   }
 
+  /** Records a new version of key; the operation takes key and val over (not copied). */
   put(key: Buffer, val: Buffer, ino: bigint): void {
     this.need(ino, LockMode.WRITE);
     this.addWrite({ put: true, key, val });
@@ -237,16 +266,17 @@ export class OpCtx {
     for (const w of this.writes) {
       const held = this.handle.covering(w.key);
       assert(held !== undefined && held.mode === LockMode.WRITE, "write under a held WRITE lock");
-      if (w.put) c.putLocked(held, w.key, w.val);
-      else c.deleteLocked(held, w.key);
+      // recorded buffers are the operation's own (put/del): handed over, not copied
+      if (w.put) c.putLocked(held, w.key, w.val, true);
+      else c.deleteLocked(held, w.key, true);
     }
     for (const [ino, st] of this.inodes) {
       if (st.dirty || st.deleted) this.applyInode(ino, st, transSeq);
     }
     for (const o of this.orphans) {
       const seq = lockItemSeq(this.need(o.ino, LockMode.WRITE), c.transSeq);
-      if (o.add) c.put(orphanKey(o.ino), Buffer.alloc(0), seq);
-      else c.delete(orphanKey(o.ino), seq);
+      if (o.add) c.put(orphanKey(o.ino), EMPTY, seq, true);
+      else c.delete(orphanKey(o.ino), seq, true);
     }
     this.applied = true;
   }
@@ -259,22 +289,22 @@ export class OpCtx {
     // the index items of the version read go; the new version's come (upstream
     // scoutfs_update_inode_item moves them when the seq changes)
     if (st.readMetaSeq !== 0n && (st.deleted || st.readMetaSeq !== transSeq)) {
-      c.delete(metaSeqKey(st.readMetaSeq, ino), seq);
+      c.delete(metaSeqKey(st.readMetaSeq, ino), seq, true);
     }
     const dataChanged = st.dataDirty;
     if (reg && st.readDataSeq !== 0n && (st.deleted || (dataChanged && st.readDataSeq !== transSeq))) {
-      c.delete(dataSeqKey(st.readDataSeq, ino), seq);
+      c.delete(dataSeqKey(st.readDataSeq, ino), seq, true);
     }
     if (st.deleted) {
-      c.deleteLocked(held, inodeKey(ino));
+      c.deleteLocked(held, inodeKey(ino), true);
       return;
     }
     st.val.metaSeq = transSeq;
     if (dataChanged) st.val.dataSeq = transSeq;
     st.val.version += 1n;
-    c.put(metaSeqKey(transSeq, ino), Buffer.alloc(0), seq);
-    if (reg && dataChanged) c.put(dataSeqKey(transSeq, ino), Buffer.alloc(0), seq);
-    c.putLocked(held, inodeKey(ino), encodeInode(st.val, this.fmtVers));
+    c.put(metaSeqKey(transSeq, ino), EMPTY, seq, true);
+    if (reg && dataChanged) c.put(dataSeqKey(transSeq, ino), EMPTY, seq, true);
+    c.putLocked(held, inodeKey(ino), encodeInode(st.val, this.fmtVers), true);
   }
 }
 
@@ -282,6 +312,14 @@ export class OpCtx {
 export class OpRunner {
   private readonly local = new KeyedMutex();
   private readonly ranges = new Map<bigint, LockRange>();
+  /** Inode groups a new inode was read through the cache in (OpCtx.checkNew), bounded. */
+  private readonly warmed = new Set<bigint>();
+  private readonly warmGroup = (group: bigint): boolean => {
+    if (this.warmed.has(group)) return false;
+    if (this.warmed.size >= GROUP_RANGES_CACHED) this.warmed.clear();
+    this.warmed.add(group);
+    return true;
+  };
   /** The ACL layer every operation gets (ScoutFs sets it when the acl option is on). */
   acl: AclHooks | null = null;
 
@@ -347,7 +385,7 @@ export class OpRunner {
       let full = false;
       let ctx: OpCtx | null = null;
       try {
-        ctx = new OpCtx(this.client, handle, groups, this.fmtVers, this.acl);
+        ctx = new OpCtx(this.client, handle, groups, this.fmtVers, this.acl, this.warmGroup);
         value = await body(ctx);
         // too full to take this operation's items: commit, then run it again
         if (ctx.writeCount > 0 && this.client.dirtyCount > OP_COMMIT_THRESHOLD) full = true;
@@ -368,6 +406,8 @@ export class OpRunner {
     }
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** Read-only operations take no local mutex. */
 const noRelease = (): void => undefined;

@@ -213,7 +213,8 @@ class NodeBlockDevice implements RealBlockDevice {
 
   private async bouncedRead(buf: Buffer, offset: number): Promise<void> {
     const pool = this.pool!;
-    const bounce = pool.alloc(Math.min(buf.length, BOUNCE_MAX_BYTES));
+    // not zeroed: every byte of the part used is read into or copied over first
+    const bounce = pool.alloc(Math.min(buf.length, BOUNCE_MAX_BYTES), false);
     this.counters.bounced++;
     try {
       for (let done = 0; done < buf.length; done += bounce.length) {
@@ -228,7 +229,8 @@ class NodeBlockDevice implements RealBlockDevice {
 
   private async bouncedWrite(buf: Buffer, offset: number): Promise<void> {
     const pool = this.pool!;
-    const bounce = pool.alloc(Math.min(buf.length, BOUNCE_MAX_BYTES));
+    // not zeroed: every byte of the part used is read into or copied over first
+    const bounce = pool.alloc(Math.min(buf.length, BOUNCE_MAX_BYTES), false);
     this.counters.bounced++;
     try {
       for (let done = 0; done < buf.length; done += bounce.length) {
@@ -332,8 +334,11 @@ export class AlignedBufferPool {
     this.maxPooledBytes = opts.maxPooledBytes ?? 64 << 20;
   }
 
-  /** A zero-filled buffer of `bytes` bytes, aligned, with capacity rounded to alignment. */
-  alloc(bytes: number): Buffer {
+  /**
+   * A zero-filled buffer of `bytes` bytes, aligned, with capacity rounded to alignment; with
+   * zero false a reused buffer keeps old contents (bounce buffers, filled before use).
+   */
+  alloc(bytes: number, zero = true): Buffer {
     assertSafeU(bytes, "aligned alloc bytes");
     const capacity = roundUp(Math.max(bytes, 1), this.alignment);
     this.stats.allocs++;
@@ -341,7 +346,7 @@ export class AlignedBufferPool {
     if (whole) {
       this.stats.reuses++;
       this.stats.pooledBytes -= capacity;
-      whole.fill(0); // the interface promises zeroed buffers
+      if (zero) whole.fill(0); // the interface promises zeroed buffers
     } else {
       whole = this.carve(capacity); // fresh wasm memory is already zero
     }
