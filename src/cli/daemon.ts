@@ -32,6 +32,7 @@ import { fuseMountInfo } from "../fuse/mount.js";
 import { controlHandlerFor, controlSocketPath, startControlServer } from "./control.js";
 import { LockMode } from "../core/lock_msg.js";
 import { keyFields, Zone } from "../core/key.js";
+import type { LockRange } from "../core/lock_names.js";
 import { FsError, isFsError } from "../util/errno.js";
 import type { MountOptions, SysfsMountOptionName } from "../core/options.js";
 import {
@@ -41,6 +42,9 @@ import { Triggers } from "../util/triggers.js";
 import {
   DAEMON_MARK, fenceLocalRid, registerRid, ridHex, ridKnownDeadLocally, unregisterRid,
 } from "./fence_local.js";
+
+/** Longest wait for the kernel to take a lock invalidation's notifications. */
+const NOTIFY_WAIT_MS = 2000;
 
 /** The FUSE mount's readahead (bdi read_ahead_kb), set after INIT. */
 export const READAHEAD_KB = 8192;
@@ -92,7 +96,7 @@ export class MountDaemon {
           env.logger),
         fenceClient: (r, reason) => fenceLocalRid(r, reason, env.logger),
         ridKnownDead: (r) => ridKnownDeadLocally(r),
-        onLockModeChange: (c) => daemon?.lockChanged(c.range.start, c.range.end, c.to),
+        onInvalidateRange: (range, to) => daemon?.kernelInvalidate(range, to) ?? Promise.resolve(),
       });
       const fs = new ScoutFs(mount.client, { dataPreallocBlocks: opts.dataPreallocBlocks,
         dataPreallocContigOnly: opts.dataPreallocContigOnly, acl: opts.acl,
@@ -113,13 +117,19 @@ export class MountDaemon {
   }
 
   private vfs: ScoutVfs | null = null;
+  /** Where notifications sent during kernelInvalidate() are collected to be waited for. */
+  private notifySink: Promise<void>[] | null = null;
 
   private async serve(): Promise<void> {
     const env = this.env;
     let session: FuseSession | null = null;
+    const track = (p: Promise<void> | undefined): void => {
+      const q = (p ?? Promise.resolve()).catch(() => undefined);
+      this.notifySink?.push(q);
+    };
     const vfs = new ScoutVfs(this.fs, {
-      invalInode: (ino) => { void session?.notifyInvalInode(ino).catch(() => undefined); },
-      invalEntry: (p, n) => { void session?.notifyInvalEntry(p, n).catch(() => undefined); },
+      invalInode: (ino) => { track(session?.notifyInvalInode(ino)); },
+      invalEntry: (p, n) => { track(session?.notifyInvalEntry(p, n)); },
     }, { nowMs: () => env.clock.monotonicMs() });
     this.vfs = vfs;
     session = await mountFuse(vfs, {
@@ -204,13 +214,31 @@ export class MountDaemon {
   }
 
   /** A cluster lock changed mode: the kernel must drop what the lost coverage protected. */
-  lockChanged(start: Buffer, end: Buffer, to: LockMode): void {
+  /**
+   * Runs before the server hears that we gave the lock up: the kernel's notifications for
+   * everything it caches under the range are written (a READ downgrade keeps them: nobody
+   * may write meanwhile). Waiting is bounded by NOTIFY_WAIT_MS: an INVAL_INODE of a page
+   * the kernel must write back first needs a WRITE request that may wait on this very lock.
+   */
+  async kernelInvalidate(range: LockRange, to: LockMode): Promise<void> {
     if (to === LockMode.WRITE || to === LockMode.READ || this.vfs === null) return;
-    const s = keyFields(start);
-    const e = keyFields(end);
+    const s = keyFields(range.start);
+    const e = keyFields(range.end);
     if (s.zone !== Zone.FS || e.zone !== Zone.FS) return;
-    const n = this.vfs.invalidateInodeRange(s.first, e.first);
-    if (n > 0) this.mount.counters.inc("fuse_lock_invalidations", n);
+    const sent: Promise<void>[] = [];
+    this.notifySink = sent;
+    let n: number;
+    try {
+      n = this.vfs.invalidateInodeRange(s.first, e.first);
+    } finally {
+      this.notifySink = null;
+    }
+    if (n === 0) return;
+    this.mount.counters.inc("fuse_lock_invalidations", n);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((r) => { timer = setTimeout(r, NOTIFY_WAIT_MS); });
+    await Promise.race([Promise.allSettled(sent), late]);
+    clearTimeout(timer);
   }
 
   /** Resolves when the kernel ended the session; then shuts the mount down. */

@@ -43,7 +43,7 @@ import {
 } from "./item_cache.js";
 import { compareKeys, keyDec, keyInc, MAX_KEY, MIN_KEY } from "./key.js";
 import { LockMode, lockModeName } from "./lock_msg.js";
-import { rangeContainsKey } from "./lock_names.js";
+import { type LockRange, rangeContainsKey } from "./lock_names.js";
 import { NetCmd } from "./msg.js";
 import { type MergeWorker, startMergeWorker } from "./merge_client.js";
 import { NetClient, type NetTuning } from "./net.js";
@@ -69,6 +69,12 @@ export interface MountClientOptions {
   commitDelayMs?: number;
   /** Every change of a lock's mode at this mount (checkers watch grants). */
   onLockModeChange?: (c: LockModeChange) => void;
+  /**
+   * Called when a lock is lowered, after its items were written out and dropped and before
+   * the server is answered: the host drops what its own caches (the kernel's) hold under the
+   * range, so nothing stale is served once another mount may change it.
+   */
+  onInvalidateRange?: (range: LockRange, newMode: LockMode) => Promise<void>;
 }
 
 /** Dirty items held before a commit is forced (bounds memory and commit size). */
@@ -147,6 +153,7 @@ export class MountClient {
       onInvalidate: async (range, mode, dirtied) => {
         if (dirtied) await this.commit();
         this.items.invalidate(range.start, range.end, mode === LockMode.READ);
+        await opts.onInvalidateRange?.(range, mode);
       },
     });
     this.net.register(NetCmd.LOCK, (p) => this.locks.handleInvalidate(p));

@@ -21,7 +21,7 @@ import type { BlockDevice, Env, NetAddr } from "../env/env.js";
 import { assert } from "../util/assert.js";
 import { Counters } from "../util/counters.js";
 import { FsError } from "../util/errno.js";
-import { MountClient } from "./client.js";
+import { MountClient, type MountClientOptions } from "./client.js";
 import type { QuorumConfig, SuperBlock } from "./format.js";
 import type { LockModeChange } from "./lock.js";
 import type { NetTuning } from "./net.js";
@@ -53,6 +53,8 @@ export interface ScoutMountOptions {
   counters?: Counters;
   /** Every change of a lock's mode at this mount (checkers watch grants). */
   onLockModeChange?: (c: LockModeChange) => void;
+  /** See MountClientOptions.onInvalidateRange (the daemon drops the kernel's caches). */
+  onInvalidateRange?: MountClientOptions["onInvalidateRange"];
   /** Called for every server this mount starts (tests watch servers). */
   onServer?: (s: Server | null) => void;
 }
@@ -81,7 +83,7 @@ export class ScoutMount {
       fsid: sb.hdr.fsid, fmtVers: sb.fmtVers, rid: opts.rid, quorum: this.quorum !== null,
       totalMetaBlocks: sb.totalMetaBlocks, cacheBytes: opts.cacheBytes, data: opts.data,
       getServerAddr: () => this.findServer(qconf), netTuning: opts.netTuning,
-      onLockModeChange: opts.onLockModeChange,
+      onLockModeChange: opts.onLockModeChange, onInvalidateRange: opts.onInvalidateRange,
     });
   }
 
