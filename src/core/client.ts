@@ -515,17 +515,34 @@ export class MountClient {
    * writes (that is what locks are for).
    */
   async next(key: Buffer, end: Buffer = MAX_KEY): Promise<KeyVal | null> {
+    return this.walkUnlocked(key, end, true);
+  }
+
+  /** The last current item with start <= its key <= key, without a lock (see next). */
+  async prev(key: Buffer, start: Buffer = MIN_KEY): Promise<KeyVal | null> {
+    return this.walkUnlocked(key, start, false);
+  }
+
+  /**
+   * next() (forward) and prev(): the forest's nearest item toward `bound`, overlaid with this
+   * mount's dirty items; a dirty deletion (or deltas summing to zero) hides the forest's item
+   * and the walk steps past it.
+   */
+  private async walkUnlocked(key: Buffer, bound: Buffer, forward: boolean):
+    Promise<KeyVal | null> {
+    const sign = forward ? 1 : -1;
     let p = key;
     let f: Item | null | undefined;
     let epoch = 0;
     for (let races = 0; races <= UNLOCKED_READ_RETRIES;) {
-      if (compareKeys(p, end) > 0) return null;
+      if (sign * compareKeys(p, bound) > 0) return null;
       if (f === undefined) {
         const commits = this.items.commits;
         epoch = this.items.commitEpoch;
         const from = p;
-        f = await this.readForest((roots) => forestNext(this.cache, roots, from, end,
-          this.counters));
+        f = await this.readForest((roots) => forward
+          ? forestNext(this.cache, roots, from, bound, this.counters)
+          : forestPrev(this.cache, roots, from, bound, this.counters));
         // a commit settled meanwhile: its items left the dirty set, maybe after our roots
         if (this.items.commits !== commits) {
           f = undefined;
@@ -533,7 +550,8 @@ export class MountClient {
           continue;
         }
       }
-      const d = this.items.nextDirty(p, f === null ? end : f.key);
+      const limit = f === null ? bound : f.key;
+      const d = forward ? this.items.nextDirty(p, limit) : this.items.prevDirty(p, limit);
       if (d === undefined) return f === null ? null : copyKeyVal(f);
       const cur = await this.overDirty(f, d, epoch);
       if (cur === undefined) {
@@ -542,45 +560,9 @@ export class MountClient {
         continue;
       }
       if (cur !== null && (cur.flags & ITEM_DELETION) === 0) return copyKeyVal(cur);
-      if (d.key.equals(MAX_KEY)) return null;
-      // a dirty deletion (or deltas summing to zero): look past it; it hides the forest's item
-      p = keyInc(d.key);
-      if (f !== null && compareKeys(f.key, d.key) <= 0) f = undefined;
-    }
-    throw new FsError("EAGAIN", "lock-less read kept racing with commits");
-  }
-
-  /** The last current item with start <= its key <= key, without a lock (see next). */
-  async prev(key: Buffer, start: Buffer = MIN_KEY): Promise<KeyVal | null> {
-    let p = key;
-    let f: Item | null | undefined;
-    let epoch = 0;
-    for (let races = 0; races <= UNLOCKED_READ_RETRIES;) {
-      if (compareKeys(p, start) < 0) return null;
-      if (f === undefined) {
-        const commits = this.items.commits;
-        epoch = this.items.commitEpoch;
-        const from = p;
-        f = await this.readForest((roots) => forestPrev(this.cache, roots, from, start,
-          this.counters));
-        if (this.items.commits !== commits) {
-          f = undefined;
-          races++;
-          continue;
-        }
-      }
-      const d = this.items.prevDirty(p, f === null ? start : f.key);
-      if (d === undefined) return f === null ? null : copyKeyVal(f);
-      const cur = await this.overDirty(f, d, epoch);
-      if (cur === undefined) {
-        f = undefined;
-        races++;
-        continue;
-      }
-      if (cur !== null && (cur.flags & ITEM_DELETION) === 0) return copyKeyVal(cur);
-      if (d.key.equals(MIN_KEY)) return null;
-      p = keyDec(d.key);
-      if (f !== null && compareKeys(f.key, d.key) >= 0) f = undefined;
+      if (d.key.equals(forward ? MAX_KEY : MIN_KEY)) return null;
+      p = forward ? keyInc(d.key) : keyDec(d.key);
+      if (f !== null && sign * compareKeys(f.key, d.key) <= 0) f = undefined;
     }
     throw new FsError("EAGAIN", "lock-less read kept racing with commits");
   }

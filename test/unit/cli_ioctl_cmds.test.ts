@@ -35,12 +35,13 @@ import { newFsRig, settledHandler } from "../helpers/sim_fs.js";
 
 const FSID = 0x0123_4567_89ab_cdefn;
 const B = (s: string): Buffer => Buffer.from(s);
-const nosys = (): Promise<never> => Promise.reject(new FsError("ENOSYS"));
+/** An op the test does not give an answer for: the mount reports an I/O error. */
+const failing = (): Promise<never> => Promise.reject(new FsError("EIO"));
 
 function handler(over: Partial<ControlHandler>): ControlHandler {
-  return { fsid: FSID, rid: 0xa0n, walkInodes: nosys, inoPath: nosys,
-    getReferringEntries: nosys, listxattrHidden: nosys, statMore: nosys, statfsMore: nosys,
-    allocDetail: nosys, getAllocatedInos: nosys, fiemap: nosys, ...over };
+  return { fsid: FSID, rid: 0xa0n, walkInodes: failing, inoPath: failing,
+    getReferringEntries: failing, listxattrHidden: failing, statMore: failing, statfsMore: failing,
+    allocDetail: failing, getAllocatedInos: failing, fiemap: failing, ...over };
 }
 
 /** A target answering through the codec and serveRequest, recording each request. */
@@ -131,7 +132,7 @@ test("stat: %-17s fields, crtime nsec padded to 9, -s, unknown field, ioctl fail
         "scoutfs: stat failed: No such file or directory (2)\n" });
     const bad = makeStatCommand(rig(handler({}), { f: 1n }).deps);
     assert.deepEqual(await run(bad, ["stat", "f"]), { code: 0, out: "",
-      err: "ioctl failed: Function not implemented (38)\n" });
+      err: "ioctl failed: Input/output error (5)\n" });
     assert.deepEqual(await run(cmd, ["stat"]), { code: 64, out: "",
       err: `stat: missing operand\n${tryLine("stat")}` });
     assert.deepEqual(await run(cmd, ["stat", "a", "b"]), { code: 64, out: "",
@@ -264,8 +265,8 @@ test("walk-inodes: index and position errors as upstream, dotted positions inclu
     const fails = makeWalkInodesCommand(rig(handler({})).deps);
     assert.deepEqual(await run(fails, ["walk-inodes", "--", "meta_seq", "0", "-1"]), { code: 1,
       out: "",
-      err: "walk_inodes ioctl failed: Function not implemented (38)\n" +
-        "scoutfs: walk-inodes failed: Function not implemented (38)\n" });
+      err: "walk_inodes ioctl failed: Input/output error (5)\n" +
+        "scoutfs: walk-inodes failed: Input/output error (5)\n" });
   });
 
 test("ino-path: paths per line, cursor iteration, ENOENT ends, other errors, arguments",
@@ -314,8 +315,8 @@ test("get-referring-entries: lines, paging until LAST, failures", async () => {
   assert.deepEqual(await run(none, ["get-referring-entries", "7"]), { code: 0, out: "", err: "" });
   const fail = makeGetReferringEntriesCommand(rig(handler({})).deps);
   assert.deepEqual(await run(fail, ["get-referring-entries", "7"]), { code: 1, out: "",
-    err: "ioctl failed: Function not implemented (38)\n" +
-      "scoutfs: get-referring-entries failed: Function not implemented (38)\n" });
+    err: "ioctl failed: Input/output error (5)\n" +
+      "scoutfs: get-referring-entries failed: Input/output error (5)\n" });
 });
 
 test("list-hidden-xattrs: names with non-printables as '?', cursor paging, errors", async () => {
@@ -334,8 +335,8 @@ test("list-hidden-xattrs: names with non-printables as '?', cursor paging, error
     q.args.idPos] : null), [[0n, 0n], [7n, 3n]]);
   const cmd = makeListHiddenXattrsCommand(rig(handler({}), { file: 1n }).deps);
   assert.deepEqual(await run(cmd, ["list-hidden-xattrs", "file"]), { code: 1, out: "",
-    err: "listxattr_hidden ioctl failed: Function not implemented (38)\n" +
-      "scoutfs: list-hidden-xattrs failed: Function not implemented (38)\n" });
+    err: "listxattr_hidden ioctl failed: Input/output error (5)\n" +
+      "scoutfs: list-hidden-xattrs failed: Input/output error (5)\n" });
   assert.deepEqual(await run(cmd, ["list-hidden-xattrs"]), { code: 64, out: "",
     err: `list-hidden-xattrs: must specify filename\n${tryLine("list-hidden-xattrs")}` });
   assert.deepEqual(await run(cmd, ["list-hidden-xattrs", "a", "b"]), { code: 64, out: "",
